@@ -27,7 +27,7 @@ import re
 
 from absl import logging
 
-from trajax import checkpoints
+from trajax import atomic, checkpoints
 from trajax import trajectory
 from trajax.models import gpt_neox
 
@@ -201,9 +201,6 @@ def build_manifest(cache_dir: str, model_names, out_path: str, revisions=None,
     raise ValueError(f"{cache_dir}: none of {list(model_names)} has any of the requested "
                      f"revisions")
   data = {"name": "pythia", "root": cache_dir, "models": json_models}
-  tmp = f"{out_path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(data, f, indent=1)
-  os.replace(tmp, out_path)
+  atomic.write_json(out_path, data, sort_keys=False)
   traj = trajectory.Trajectory(tuple(models), "pythia", out_path)
   return ManifestReport(traj, missing, duplicates, hashes)

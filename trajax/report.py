@@ -6,6 +6,8 @@ import dataclasses
 import html
 import os
 
+from trajax import atomic
+
 
 @dataclasses.dataclass
 class Section:
@@ -56,8 +58,4 @@ def write(path: str, title: str, intro: str, sections: list[Section]) -> str:
       parts.append(s.html)
     parts.append("</section>")
   parts.append("</body></html>")
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write("\n".join(parts))
-  os.replace(tmp, path)
-  return path
+  return atomic.write_text(path, "\n".join(parts))

@@ -17,6 +17,8 @@ from typing import Mapping
 import ml_dtypes
 import numpy as np
 
+from trajax import atomic
+
 DTYPES = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
     "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
@@ -111,12 +113,8 @@ def save(tensors: Mapping[str, np.ndarray], path: str | os.PathLike,
     header["__metadata__"] = dict(metadata)
   blob = json.dumps(header, separators=(",", ":")).encode()
   blob += b" " * (-len(blob) % 8)  # keep the data section 8-byte aligned
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
+  with atomic.atomic_open(path, "wb") as f:
     f.write(struct.pack("<Q", len(blob)))
     f.write(blob)
     for a in arrays:
       f.write(a.tobytes())
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)

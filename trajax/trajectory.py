@@ -17,7 +17,7 @@ import dataclasses
 import json
 import os
 
-from trajax import checkpoints
+from trajax import atomic, checkpoints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,10 +80,7 @@ class Trajectory:
     for m in data["models"]:
       for c in m["checkpoints"]:
         c["path"] = os.path.relpath(c["path"], root)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-      json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    atomic.write_json(path, data, sort_keys=False)
 
 
 def _field(obj, key, typ, where):

@@ -71,6 +71,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from trajax import atomic
+
 # Table 9 of Xia et al. (2023).
 LINEARITY_TASKS = (
     "date_understanding", "fantasy_reasoning", "figure_of_speech_detection",
@@ -790,19 +792,13 @@ def breakthroughness(scores_by_size: Mapping[float, float] | Sequence[float]) ->
 
 def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> None:
     """Writes rows atomically (temporary file + os.replace); columns in first-seen order."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fields: dict[str, None] = {}
     for r in rows:
         fields.update(dict.fromkeys(r))
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic.atomic_open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(fields))
         w.writeheader()
         w.writerows(rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_csv(path: str | os.PathLike) -> list[dict]:

@@ -49,7 +49,7 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
-from trajax import checkpoints, data, flops, models, store, trajectory  # noqa: E402
+from trajax import atomic, checkpoints, data, flops, models, store, trajectory  # noqa: E402
 from trajax import workdir as workdir_lib  # noqa: E402
 from trajax.analysis import icl  # noqa: E402
 from trajax.scoring import Scorer  # noqa: E402
@@ -227,11 +227,7 @@ def _check_fingerprint(out_dir: str, fingerprint: dict) -> None:
       raise ValueError(f"{path}: results in this workdir were computed with other settings "
                        f"(field: (stored, now)) {diff}; use a new workdir")
     return
-  os.makedirs(out_dir, exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(fingerprint, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  atomic.write_json(path, fingerprint)
 
 
 def _valid_ppl(config, workdir: str) -> dict[str, dict[int, float]] | None:
@@ -358,8 +354,10 @@ def _logx(ax) -> None:
 
 def _save(fig, png: str) -> None:
   fig.tight_layout()
-  fig.savefig(png, dpi=110)
-  plt.close(fig)
+  try:
+    atomic.save_figure(fig, png, dpi=110)
+  finally:
+    plt.close(fig)
 
 
 def checkpoint_table(rows: Sequence[dict], infos: Sequence[ModelInfo], tasks: Sequence[str],
@@ -602,8 +600,5 @@ def write_figures_and_summary(rows: Sequence[dict], infos: Sequence[ModelInfo],
   summary["scaling"] = {r["task"]: {"group": r["group"], "linearity": r["linearity"],
                                     "breakthroughness": r["breakthroughness"]} for r in scaling}
   summary = _clean(summary)
-  tmp = os.path.join(out_dir, f".summary.json.tmp-{os.getpid()}")
-  with open(tmp, "w") as f:
-    json.dump(summary, f, indent=1, sort_keys=True)
-  os.replace(tmp, os.path.join(out_dir, "summary.json"))
+  atomic.write_json(os.path.join(out_dir, "summary.json"), summary)
   return summary

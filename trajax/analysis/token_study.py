@@ -27,7 +27,6 @@ training is a model's last done step.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import time
@@ -36,7 +35,7 @@ from typing import NamedTuple
 import numpy as np
 from absl import logging
 
-from trajax import checkpoints, data, flops, store
+from trajax import atomic, checkpoints, data, flops, store
 from trajax import workdir as workdir_lib
 from trajax.analysis import trend_figures, trends
 
@@ -169,7 +168,7 @@ def _percent(category_n: np.ndarray, code: int) -> tuple[float, int]:
 
 
 def _write_checkpoints_csv(path: str, models: list[ModelTrajectory]) -> None:
-  with open(path, "w", newline="") as f:
+  with atomic.atomic_open(path, "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(("model", "params", "checkpoint", "step", "tokens_seen", "flops", "valid_ppl"))
     for m in models:
@@ -299,10 +298,7 @@ def _run_unlocked(config, workdir: str) -> dict:
       "seconds": time.perf_counter() - t_start,
   }
   summary = _clean(summary)
-  tmp = os.path.join(out_dir, f"summary.json.tmp-{os.getpid()}")
-  with open(tmp, "w") as f:
-    json.dump(summary, f, indent=1, sort_keys=True, allow_nan=False)
-  os.replace(tmp, os.path.join(out_dir, "summary.json"))
+  atomic.write_json(os.path.join(out_dir, "summary.json"), summary, allow_nan=False)
   logging.info("token study done in %.1fs: %s", summary["seconds"], out_dir)
   return summary
 
@@ -394,8 +390,7 @@ def _token_view(config, reader, by_name, names, fits, out_dir) -> dict | None:
   page = trend_figures.token_view_html(pieces, f.category_n[series_t],
                                        model.ppl_cn[:, series_t].T, title=title)
   path = os.path.join(out_dir, "token_view.html")
-  with open(path, "w", encoding="utf-8") as fh:
-    fh.write(page)
+  atomic.write_text(path, page)
   counts = {name: int(np.count_nonzero(f.category_n[series_t] == code))
             for name, code in CATEGORY_CODES.items()}
   logging.info("token view: %s (%d tokens, %s)", path, len(pieces), counts)

@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
 import numpy as np  # noqa: E402
 
+from trajax import atomic  # noqa: E402
 from trajax.analysis import trends  # noqa: E402
 
 # Table 3 of the paper: upward red, downward green, stagnated blue, others black.
@@ -39,7 +40,7 @@ def _paths(png_path: str | os.PathLike) -> tuple[str, str]:
 
 
 def _write_csv(path: str, header: Sequence[str], rows) -> None:
-    with open(path, "w", newline="") as f:
+    with atomic.atomic_open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         for row in rows:
@@ -48,8 +49,10 @@ def _write_csv(path: str, header: Sequence[str], rows) -> None:
 
 def _save(fig, png: str) -> None:
     fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    try:
+        atomic.save_figure(fig, png, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def _curves(ax, x_by_model, y_by_model, xlabel, ylabel, logx):

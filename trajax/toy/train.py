@@ -33,7 +33,7 @@ import optax
 from absl import logging
 from flax import nnx
 
-from trajax import checkpoints
+from trajax import atomic, checkpoints
 from trajax import data as data_lib
 from trajax import trajectory
 from trajax.models import opt
@@ -81,11 +81,9 @@ def checkpoint_steps(total_steps: int, n: int, first_fraction: float = 0.02) -> 
 
 
 def _write_jsonl(texts: list[str], path: str) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
+  with atomic.atomic_open(path, "w") as f:
     for text in texts:
       f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-  os.replace(tmp, path)
 
 
 def chunk_documents(docs_ids: list[list[int]], seq_len: int, min_chunk: int = 2):
@@ -308,8 +306,7 @@ def train_model(spec, config, data, model_dir: str) -> trajectory.Model:
                     name, model_dir)
     shutil.rmtree(model_dir)
   os.makedirs(model_dir)
-  with open(os.path.join(model_dir, "train_config.json"), "w") as f:
-    json.dump(fingerprint, f, indent=1)
+  atomic.write_json(os.path.join(model_dir, "train_config.json"), fingerprint, sort_keys=False)
 
   graphdef, params = nnx.split(model, nnx.Param)
   tx = make_optimizer(t, spec["lr"])
