@@ -21,20 +21,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-SHAPES = {
-    "125m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, ffn_dim=3072),
-    "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, ffn_dim=1024),
-    "mem": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, ffn_dim=256),
-}
-
-
-def make_checkpoint(shape, path):
-  import torch
-  from transformers import OPTConfig, OPTForCausalLM
-  torch.manual_seed(0)
-  cfg = OPTConfig(vocab_size=50272, max_position_embeddings=2048, **SHAPES[shape])
-  OPTForCausalLM(cfg).save_pretrained(path)
+from bench.common import SHAPES, make_checkpoint  # noqa: E402
 
 
 def time_it(fn, repeats):

@@ -2,7 +2,9 @@
 
   python bench/score_gpu.py                       # 125m b16, 1.3b b8, 6.7b b4, x 2048 tokens
   python bench/score_gpu.py --shapes=125m --attention=cudnn,xla
-  python bench/score_gpu.py --sweep               # + 8-checkpoint 1.3b sweep from safetensors
+
+The 8-checkpoint 1.3b sweep (read/compute overlap) is bench/sweep_bench.py:
+  python bench/sweep_bench.py --shape=1.3b --ckpts=8 --dtype=bfloat16 --rows=16 --block_len=2048
 
 Protocol (issue "Scale"): bf16 random weights, the same weights in both, batch x 2048
 tokens; torch runs OPTForCausalLM (bf16, SDPA) then log-softmax + gather in float32;
@@ -14,7 +16,6 @@ import argparse
 import datetime
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -107,59 +108,15 @@ def bench_shape(shape, attentions, peak):
     mfu = tps * flops_per_token / (peak * 1e12)
     print(f"| {name} | {tps:,.0f} | {mfu:.2f} | {t_torch / t:.2f}x | "
           f"{'-' if diff is None else f'{diff:.3f}'} |")
-  del ref, model
+  del model
+  ref.cpu()  # frees its GPU memory for the next shape
   torch.cuda.empty_cache()
-
-
-def bench_sweep(n_ckpts=8, shape="1.3b"):
-  """Wall time of an 8-checkpoint sweep vs max(total read, total compute)."""
-  import torch
-  from transformers import OPTConfig, OPTForCausalLM
-  import trajax
-  from trajax import sweep
-  from configs import score as score_config
-  cfg = hf_config(shape)
-  with tempfile.TemporaryDirectory() as tmp:
-    paths = []
-    for k in range(n_ckpts):
-      torch.manual_seed(k)
-      m = OPTForCausalLM(OPTConfig(**{k2: v for k2, v in cfg.items() if k2 != "model_type"}))
-      path = os.path.join(tmp, f"step{k + 1}")
-      m.to(torch.bfloat16).save_pretrained(path)
-      paths.append(path)
-      del m
-    docs = os.path.join(tmp, "doc.txt")
-    with open(docs, "w") as f:
-      f.write(" ".join(f"word{i} and more text" for i in range(60000)))
-    import json
-    with open(os.path.join(tmp, "traj.json"), "w") as f:
-      json.dump({"models": [{"name": shape, "tokens_per_step": 2**20, "checkpoints": [
-          {"step": k + 1, "path": os.path.basename(p)} for k, p in enumerate(paths)]}]}, f)
-    config = score_config.get_config()
-    config.trajectory = os.path.join(tmp, "traj.json")
-    config.tokenizer = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                    "..", "shared", "data", "tokenizer", "opt")
-    config.data.files = docs
-    config.data.max_docs = 0
-    config.dtype = "bfloat16"
-    read = 0.0
-    for p in paths:  # cold-ish read times (page cache may hold them: reported as measured)
-      t0 = time.perf_counter()
-      trajax.load_hf(p, dtype="bfloat16")
-      read += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    sweep.run(config, os.path.join(tmp, "out"))
-    wall = time.perf_counter() - t0
-    print(f"\nsweep of {n_ckpts} x OPT-{shape} checkpoints (safetensors, bf16): wall {wall:.1f}s, "
-          f"sum of reads {read:.1f}s; compute is in the sweep log (absl); wall/max(read, compute) "
-          f"from the log's 'read ... compute ...' line")
 
 
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--shapes", default="125m,1.3b,6.7b")
   p.add_argument("--attention", default="cudnn,default")
-  p.add_argument("--sweep", action="store_true")
   args = p.parse_args()
   import jax
   import jax.numpy as jnp
@@ -172,10 +129,6 @@ def main():
         f"{peak:.0f} TFLOP/s")
   for shape in args.shapes.split(","):
     bench_shape(shape, args.attention.split(","), peak)
-  if args.sweep:
-    from absl import logging
-    logging.set_verbosity(logging.INFO)
-    bench_sweep()
 
 
 if __name__ == "__main__":

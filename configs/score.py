@@ -19,6 +19,8 @@ def get_config():
   config.head_chunk_tokens = 0
   # Device mesh (data, fsdp, tensor) as "8,1,1" or "-1,1,1" (-1 = the rest); "" = one device.
   config.mesh_shape = ""
+  # Read checkpoint k+1 in a background thread while checkpoint k is scored.
+  config.prefetch = True
   # "raise" stops at a bad checkpoint; "continue" marks it failed and goes on.
   config.on_error = "raise"
 

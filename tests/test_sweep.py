@@ -194,3 +194,42 @@ def test_unwritable_workdir_fails_before_work(tmp_path, tiny_ckpt):
   blocker.write_text("not a directory")
   with pytest.raises(OSError, match="cannot be created"):
     sweep.run(config, str(blocker / "out"))
+
+
+def test_sequential_and_prefetching_sweeps_write_the_same_store_and_report_timings(
+    tmp_path, tiny_ckpt, monkeypatch):
+  config, _ = _setup(tmp_path, tiny_ckpt)
+  events = []
+  real_load, real_write = sweep._load, store.ModelRows.write
+
+  def load(path, *args):
+    events.append(("read", os.path.basename(path)))
+    return real_load(path, *args)
+
+  def write(self, index, row):
+    real_write(self, index, row)
+    events.append(("written", f"step{self.steps[index]}"))
+
+  monkeypatch.setattr(sweep, "_load", load)
+  monkeypatch.setattr(store.ModelRows, "write", write)
+  runs = {}
+  for prefetch in (False, True):
+    config.prefetch = prefetch
+    events.clear()
+    timings = []
+    runs[prefetch] = sweep.run(config, str(tmp_path / f"prefetch_{prefetch}"), timings=timings)
+    assert [(t.model, t.checkpoints, t.prefetch) for t in timings] == [
+        ("small", 3, prefetch), ("large", 3, prefetch)]
+    for t in timings:
+      paths = trajectory.load(config.trajectory).model(t.model).checkpoints
+      assert t.read_bytes == sum(sum(os.path.getsize(os.path.join(c.path, f))
+                                     for f in os.listdir(c.path)) for c in paths)
+      assert t.read_s > 0 and t.compute_s > 0 and t.wall_s > 0 and 0 <= t.overlap
+    if not prefetch:  # each read starts only after the previous checkpoint's row is written
+      small = events[:6]
+      assert small == [("read", "step10"), ("written", "step10"), ("read", "step20"),
+                       ("written", "step20"), ("read", "step40"), ("written", "step40")]
+    else:  # the next read is asked for before this checkpoint's row is written
+      assert events.index(("read", "step20")) < events.index(("written", "step10"))
+  for name in ("small", "large"):
+    assert runs[True].logprobs(name).tobytes() == runs[False].logprobs(name).tobytes()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import os
 import time
 
 import jax
@@ -17,7 +16,8 @@ from jax.experimental import multihost_utils
 import numpy as np
 from absl import logging
 
-from trajax import checkpoints, data, sharding, store, trajectory, workdir as workdir_lib
+from trajax import checkpoints, data, orbax_checkpoints, sharding, store, trajectory
+from trajax import workdir as workdir_lib
 from trajax.scoring import Scorer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -35,9 +35,36 @@ def prepare_blocks(config, tokenizer) -> data.Blocks:
   return blocks
 
 
+@dataclasses.dataclass(frozen=True)
+class SweepTiming:
+  """Where one model's sweep spent its time (what the run log's summary line reports)."""
+  model: str
+  checkpoints: int
+  wall_s: float
+  read_s: float  # sum of the checkpoint reads, each timed in the reading thread
+  compute_s: float  # sum of scoring + writing the rows
+  read_bytes: int
+  prefetch: bool
+
+  @property
+  def overlap(self) -> float:
+    """Share of the shorter of read and compute hidden behind the other (0..1)."""
+    hidden = max(0.0, self.read_s + self.compute_s - self.wall_s)
+    return hidden / max(min(self.read_s, self.compute_s), 1e-9)
+
+  @property
+  def wall_over_bound(self) -> float:
+    """wall / max(read, compute): 1.0 is perfect overlap."""
+    return self.wall_s / max(self.read_s, self.compute_s, 1e-9)
+
+
 def _load(path: str, dtype, sharding_fn):
+  """A checkpoint (HF directory, or one converted by `trajax.orbax_checkpoints`), read seconds."""
   t0 = time.perf_counter()
-  model = checkpoints.load_hf(path, dtype=dtype, sharding_fn=sharding_fn)
+  if orbax_checkpoints.is_orbax_checkpoint(path):
+    model = orbax_checkpoints.restore(path, dtype=dtype, sharding_fn=sharding_fn)
+  else:
+    model = checkpoints.load_hf(path, dtype=dtype, sharding_fn=sharding_fn)
   return model, time.perf_counter() - t0
 
 
@@ -59,26 +86,40 @@ def _writer_first(name: str, fn):
   return out if _is_writer() else fn()
 
 
-def run(config, workdir: str) -> store.StoreReader:
+def run(config, workdir: str, timings: list | None = None) -> store.StoreReader:
   """Scores the trajectory in `config.trajectory` on `config.data` into `workdir`.
 
   Returns the store reader. Raises on the first bad checkpoint unless
   `config.on_error == "continue"`, which marks it failed and goes on.
   Everything that can be checked before scoring is: the manifest, the data,
   every model's vocabulary against the token ids, the disk space, the lock.
+  If `timings` is a list, one `SweepTiming` per model swept is appended to it.
   """
   traj = trajectory.load(config.trajectory, allow_outside_root=config.allow_outside_root)
   tok_path = config.tokenizer or traj.models[0].checkpoints[0].path
   tokenizer = checkpoints.load_tokenizer(tok_path)
   blocks = prepare_blocks(config, tokenizer)
   _check_vocab(traj, blocks, tok_path)
-  n_rows = sum(len(m.checkpoints) for m in traj.models)
-  fresh = not os.path.exists(os.path.join(workdir, "store"))
-  need = n_rows * blocks.tokens.size * 4 if fresh else 0
   if not _is_writer():
-    return _run_locked(config, workdir, traj, tokenizer, blocks)
-  with workdir_lib.claim(workdir, need_bytes=need):
-    return _run_locked(config, workdir, traj, tokenizer, blocks)
+    return _run_locked(config, workdir, traj, tokenizer, blocks, timings)
+  with workdir_lib.claim(workdir, need_bytes=_bytes_to_write(workdir, traj, blocks)):
+    return _run_locked(config, workdir, traj, tokenizer, blocks, timings)
+
+
+def _bytes_to_write(workdir: str, traj, blocks) -> int:
+  """Bytes of the rows this run still has to write (a resumed run skips done rows)."""
+  row_bytes = blocks.tokens.size * 4
+  try:
+    reader = store.open(workdir)
+  except (OSError, ValueError):  # no store yet (or an unreadable one, reported when opened)
+    return row_bytes * sum(len(m.checkpoints) for m in traj.models)
+  todo = 0
+  for m in traj.models:
+    try:
+      todo += int((reader.status(m.name) != store.DONE).sum())
+    except (KeyError, OSError, ValueError):
+      todo += len(m.checkpoints)
+  return row_bytes * todo
 
 
 def _check_vocab(traj, blocks, tok_path):
@@ -95,7 +136,7 @@ def _check_vocab(traj, blocks, tok_path):
                        f"tokenizer at {tok_path} needs (data has token id {max_id})")
 
 
-def _run_locked(config, workdir, traj, tokenizer, blocks) -> store.StoreReader:
+def _run_locked(config, workdir, traj, tokenizer, blocks, timings) -> store.StoreReader:
   dataset = {"dataset_hash": blocks.hash(), "tokenizer_hash": data.tokenizer_hash(tokenizer),
              "block_shape": list(blocks.tokens.shape), "documents": blocks.names,
              "n_predictions": blocks.n_predictions}
@@ -116,7 +157,10 @@ def _run_locked(config, workdir, traj, tokenizer, blocks) -> store.StoreReader:
       pending = [i for i, s in enumerate(rows.status()) if s != store.DONE]
       logging.info("model %s: %d checkpoints, %d to score", m.name, len(m.checkpoints),
                    len(pending))
-      failed += _sweep_model(ctx, m, rows, pending, pool)
+      model_failed, timing = _sweep_model(ctx, m, rows, pending, pool)
+      failed += model_failed
+      if timing is not None and timings is not None:
+        timings.append(timing)
   if failed:
     logging.warning("%d checkpoint(s) failed: %s", len(failed), failed)
   _sync("sweep done")
@@ -132,18 +176,25 @@ class _Context:
   sharding_fn: object
 
 
-def _sweep_model(ctx: _Context, m, rows, pending, pool) -> list[str]:
-  """Scores `pending` checkpoints of model `m`, reading the next while scoring this one."""
+def _sweep_model(ctx: _Context, m, rows, pending, pool) -> tuple[list[str], SweepTiming | None]:
+  """Scores `pending` checkpoints of model `m`, reading the next while scoring this one.
+
+  With `config.prefetch` off, each checkpoint is read only once the previous one
+  is written (the sequential baseline `bench/sweep_bench.py` compares against).
+  Returns the failed checkpoints ("model@step") and the model's timing.
+  """
   config, blocks = ctx.config, ctx.blocks
+  prefetch = config.get("prefetch", True)
   load = lambda k: pool.submit(_load, m.checkpoints[pending[k]].path, ctx.dtype, ctx.sharding_fn)
   failed, scorer = [], None
   future = load(0) if pending else None
-  t_start, read_s, compute_s = time.perf_counter(), 0.0, 0.0
+  t_start, read_s, compute_s, read_bytes = time.perf_counter(), 0.0, 0.0, 0
   predicted = blocks.mask[:, 1:] & blocks.mask[:, :-1]
   for n, i in enumerate(pending):
     ckpt = m.checkpoints[i]
     t_wait = time.perf_counter()
-    current, future = future, (load(n + 1) if n + 1 < len(pending) else None)
+    current = future if future is not None else load(n)
+    future = load(n + 1) if prefetch and n + 1 < len(pending) else None
     try:
       model, t_read = current.result()
       wait_s = time.perf_counter() - t_wait
@@ -169,17 +220,22 @@ def _sweep_model(ctx: _Context, m, rows, pending, pool) -> list[str]:
       rows.write(i, lp)
     _sync(f"{m.name} step {ckpt.step} written")
     dt = time.perf_counter() - t0
+    n_bytes = orbax_checkpoints.dir_bytes(ckpt.path)
     read_s += t_read
+    read_bytes += n_bytes
     compute_s += dt
     elapsed = time.perf_counter() - t_start
     eta = elapsed / (n + 1) * (len(pending) - n - 1)
     ppl = float(np.exp(-np.nanmean(lp.astype(np.float64))))
-    logging.info("%s step %d: valid PPL %.3f | %.0f tok/s | read %.1fs (waited %.1fs) | "
-                 "%d/%d, ETA %.0fs", m.name, ckpt.step, ppl, blocks.n_predictions / dt, t_read,
-                 wait_s, n + 1, len(pending), eta)
-  if pending:
-    total = time.perf_counter() - t_start
-    logging.info("%s: wall %.1fs, read %.1fs, compute %.1fs, overlap %.0f%%", m.name, total,
-                 read_s, compute_s,
-                 100 * max(0.0, read_s + compute_s - total) / max(min(read_s, compute_s), 1e-9))
-  return failed
+    logging.info("%s step %d: valid PPL %.3f | %.0f tok/s | read %.1fs, %.0f MB/s (waited "
+                 "%.1fs) | %d/%d, ETA %.0fs", m.name, ckpt.step, ppl, blocks.n_predictions / dt,
+                 t_read, n_bytes / 1e6 / max(t_read, 1e-9), wait_s, n + 1, len(pending), eta)
+  if not pending:
+    return failed, None
+  timing = SweepTiming(m.name, len(pending), time.perf_counter() - t_start, read_s, compute_s,
+                       read_bytes, prefetch)
+  logging.info("%s: wall %.1fs, read %.1fs (%.0f MB/s), compute %.1fs, overlap %.0f%%, "
+               "wall/max(read, compute) %.2f", m.name, timing.wall_s, read_s,
+               read_bytes / 1e6 / max(read_s, 1e-9), compute_s, 100 * timing.overlap,
+               timing.wall_over_bound)
+  return failed, timing

@@ -1,0 +1,305 @@
+"""Hugging Face checkpoint -> orbax/tensorstore checkpoint, converted once, restored sharded.
+
+A converted directory holds:
+  * `state/` -- the model's nnx state as a pure dict, saved by orbax (tensorstore);
+  * `config.json` -- copied from the source, so the family and config are rebuilt
+    exactly as `trajax.checkpoints.model_config` does for the HF directory
+    (tokenizer files are copied too when present, so the directory also serves as
+    a sweep's tokenizer);
+  * `trajax_orbax.json` -- the marker, written last: format version, stored
+    dtype, compression, source path, parameter count.
+
+Parameters are stored in trajax layout (already transposed and stacked per layer),
+so `restore` is a straight read: orbax reads each device's slice of each array
+into its target sharding and casts on the host (`numpy.astype`, as `load_hf`
+does). No device ever holds a full copy of a sharded parameter, and the values
+equal `load_hf` of the source bit for bit at any dtype when the checkpoint was
+stored in the HF weights' own dtype (the default), or at the dtype it was stored in.
+Weights are checked finite once, at conversion (by `load_hf`), not at restore.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+import uuid
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import nnx
+
+from trajax import atomic, checkpoints, trajectory
+
+FORMAT_VERSION = 1
+MARKER = "trajax_orbax.json"
+STATE_DIR = "state"
+# Small files copied verbatim from the HF directory; only config.json is required.
+COPIED_FILES = ("config.json", "generation_config.json", "tokenizer.json",
+                "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                "vocab.json", "merges.txt")
+STORED_DTYPES = ("float16", "bfloat16", "float32")
+
+
+def is_orbax_checkpoint(path: str | os.PathLike) -> bool:
+  """Whether `path` is a directory written by `convert` (its marker is present)."""
+  return os.path.isfile(os.path.join(os.fspath(path), MARKER))
+
+
+def read_marker(path: str | os.PathLike) -> dict:
+  """The parsed marker of a converted directory, checked for format and version."""
+  path = os.fspath(path)
+  marker_path = os.path.join(path, MARKER)
+  if not os.path.isfile(marker_path):
+    raise ValueError(f"{path}: no {MARKER}; not a trajax orbax checkpoint (write one with "
+                     f"trajax.orbax_checkpoints.convert or launch/convert.py)")
+  try:
+    with open(marker_path) as f:
+      marker = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{marker_path}: not valid JSON ({e})") from None
+  if not isinstance(marker, dict) or marker.get("format_version") != FORMAT_VERSION:
+    raise ValueError(f"{marker_path}: expected a JSON object with format_version "
+                     f"{FORMAT_VERSION}, got {marker!r:.200}")
+  return marker
+
+
+def _stored_dtype(hf_dir: str):
+  """The dtype the HF weights are stored in, if they share one trajax can keep; else float32."""
+  fam, _ = checkpoints.model_config(hf_dir)
+  weights = checkpoints.HFWeights(hf_dir, fam.normalize_hf_key)
+  names = {d.name for d in map(weights.dtype, weights.keys())}
+  if len(names) == 1 and names <= set(STORED_DTYPES):
+    return jnp.dtype(names.pop())
+  return jnp.dtype(jnp.float32)
+
+
+def convert(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype=None,
+            overwrite: bool = False, sharding_fn: checkpoints.ShardingFn | None = None,
+            compress: bool = False) -> dict:
+  """Converts a Hugging Face checkpoint directory into an orbax checkpoint at `out_dir`.
+
+  Everything is written into a temporary sibling of `out_dir`, which is renamed
+  into place last: a conversion killed midway leaves no `out_dir`.
+
+  Args:
+    hf_dir: HF checkpoint directory (anything `trajax.checkpoints.load_hf` reads).
+    out_dir: directory to create.
+    dtype: stored parameter dtype (float16, bfloat16 or float32); None keeps the
+      dtype of the HF weights when they all share one of those, else float32.
+    overwrite: replace an existing `out_dir`; only a previous trajax orbax
+      checkpoint is ever replaced, never an arbitrary directory.
+    sharding_fn: optional (logical_axes, shape) -> Sharding used while loading,
+      so a model larger than one device converts on a mesh.
+    compress: zstd-compress the arrays (orbax's default). Off by default: on a
+      2-core CPU it halved restore speed (bench/restore_bench.py) and saves
+      little on trained or random weights; worth it on slow network storage.
+  Returns:
+    The marker written to `out_dir/trajax_orbax.json`.
+  """
+  hf_dir, out_dir = os.fspath(hf_dir), os.path.abspath(os.fspath(out_dir))
+  if os.path.realpath(hf_dir) == os.path.realpath(out_dir):
+    raise ValueError(f"{out_dir}: the output directory is the HF checkpoint itself")
+  if os.path.lexists(out_dir):
+    if not overwrite:
+      raise FileExistsError(f"{out_dir}: already exists; pass overwrite=True (--overwrite) to "
+                            f"replace it")
+    if not is_orbax_checkpoint(out_dir):
+      raise FileExistsError(f"{out_dir}: exists and is not a trajax orbax checkpoint (no "
+                            f"{MARKER}); refusing to replace it, remove it yourself")
+  dtype = jnp.dtype(dtype) if dtype is not None else _stored_dtype(hf_dir)
+  if dtype.name not in STORED_DTYPES:
+    raise ValueError(f"dtype {dtype.name!r}: expected one of {STORED_DTYPES}")
+
+  model = checkpoints.load_hf(hf_dir, dtype=dtype, sharding_fn=sharding_fn)
+  state = nnx.to_pure_dict(nnx.state(model))
+  del model
+  cfg = checkpoints.read_config(hf_dir)
+  marker = {"format_version": FORMAT_VERSION, "model_type": cfg["model_type"],
+            "dtype": dtype.name, "compressed": compress, "source": os.path.abspath(hf_dir),
+            "params": int(sum(np.prod(a.shape) for a in jax.tree.leaves(state)))}
+
+  parent = os.path.dirname(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{uuid.uuid4().hex[:12]}")
+  try:
+    os.mkdir(tmp)
+    ocp.PyTreeCheckpointer(use_compression=compress).save(os.path.join(tmp, STATE_DIR),
+                                                          args=ocp.args.PyTreeSave(state))
+    for name in COPIED_FILES:
+      if os.path.isfile(os.path.join(hf_dir, name)):
+        shutil.copyfile(os.path.join(hf_dir, name), os.path.join(tmp, name))
+    # The marker goes last: a directory with a marker is a complete checkpoint.
+    atomic.write_json(os.path.join(tmp, MARKER), marker)
+    if os.path.lexists(out_dir):  # overwrite: move the old one aside, then drop it
+      old = f"{tmp}.old"
+      os.replace(out_dir, old)
+      os.replace(tmp, out_dir)
+      shutil.rmtree(old)
+    else:
+      os.replace(tmp, out_dir)
+  except Exception as e:  # orbax/tensorstore wrap OS errors in several types
+    if atomic.is_no_space(e) and not isinstance(e, atomic.DiskFull):
+      raise atomic.no_space_error(out_dir, e) from e
+    raise
+  finally:
+    if os.path.lexists(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)
+  return marker
+
+
+def _flat_dotted(tree, prefix: str = "") -> dict:
+  """{'model.decoder.layers.fc1.kernel': leaf} for a nested dict."""
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  out = {}
+  for k, v in tree.items():
+    out.update(_flat_dotted(v, f"{prefix}.{k}" if prefix else str(k)))
+  return out
+
+
+def restore(path: str | os.PathLike, dtype=jnp.float32,
+            sharding_fn: checkpoints.ShardingFn | None = None):
+  """Restores a converted checkpoint as a trajax model, straight into target shardings.
+
+  Args:
+    path: directory written by `convert`.
+    dtype: parameter dtype (jnp.float32 or jnp.bfloat16); cast on the host while reading.
+    sharding_fn: optional (logical_axes, shape) -> Sharding (see
+      `trajax.sharding.param_sharding_fn`); each device then reads only its slice.
+  Returns:
+    The family's model (e.g. `OPTForCausalLM`), as `trajax.checkpoints.load_hf` returns.
+  """
+  path = os.fspath(path)
+  read_marker(path)
+  fam, cfg = checkpoints.model_config(path)
+  abstract = nnx.eval_shape(lambda: fam.create(cfg, dtype=dtype, seed=None))
+  graphdef, abstract_state = nnx.split(abstract)
+  state_dir = os.path.join(os.path.abspath(path), STATE_DIR)
+  checkpointer = ocp.PyTreeCheckpointer()
+  try:
+    stored = _flat_dotted(checkpointer.metadata(state_dir).item_metadata.tree)
+  except (OSError, ValueError, KeyError) as e:
+    raise ValueError(f"{state_dir}: cannot read the orbax metadata ({type(e).__name__}: "
+                     f"{e})") from None
+
+  wanted = {".".join(str(p) for p in var_path): var
+            for var_path, var in nnx.to_flat_state(abstract_state)}
+  missing, extra = sorted(wanted.keys() - stored.keys()), sorted(stored.keys() - wanted.keys())
+  if missing or extra:
+    family = fam.__name__.split(".")[-1]
+    msg = [(f"{state_dir}: saved parameters do not match the {family} architecture in "
+            f"{path}/config.json")]
+    if missing:
+      msg.append(f"missing {len(missing)}: {missing[:8]}")
+    if extra:
+      msg.append(f"unexpected {len(extra)}: {extra[:8]}")
+    raise ValueError("; ".join(msg))
+
+  np_dtype = np.dtype(jnp.dtype(dtype))
+  default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target, restore_args = {}, {}
+  for dotted, var in wanted.items():
+    shape = tuple(var.get_value().shape)
+    got = tuple(stored[dotted].shape)
+    if got != shape:
+      raise ValueError(f"{state_dir}: parameter {dotted!r} has shape {list(got)}, expected "
+                       f"{list(shape)} from {path}/config.json")
+    axes = tuple(var.get_metadata().get("logical_axes", ()))
+    sharding = (sharding_fn(axes, shape) if sharding_fn else None) or default
+    _set(target, dotted, jax.ShapeDtypeStruct(shape, np_dtype, sharding=sharding))
+    _set(restore_args, dotted, ocp.ArrayRestoreArgs(sharding=sharding, dtype=np_dtype,
+                                                    global_shape=shape, strict=True))
+  try:
+    values = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args))
+  except Exception as e:  # tensorstore and orbax raise many types for damaged files
+    raise ValueError(f"{state_dir}: cannot restore ({type(e).__name__}: {e})") from e
+  nnx.replace_by_pure_dict(abstract_state, values)
+  return nnx.merge(graphdef, abstract_state)
+
+
+def _set(tree: dict, dotted: str, value) -> None:
+  node = tree
+  *parents, leaf = dotted.split(".")
+  for name in parents:
+    node = node.setdefault(name, {})
+  node[leaf] = value
+
+
+def dir_bytes(path: str | os.PathLike) -> int:
+  """Total size of the regular files under `path`."""
+  total = 0
+  for root, _, files in os.walk(path):
+    for name in files:
+      fpath = os.path.join(root, name)
+      if not os.path.islink(fpath):
+        total += os.path.getsize(fpath)
+  return total
+
+
+def convert_trajectory(manifest: str, out_root: str, dtype=None, overwrite: bool = False,
+                       allow_outside_root: bool = False, sharding_fn=None,
+                       compress: bool = False) -> str:
+  """Converts every checkpoint of a manifest; writes a manifest listing the converted dirs.
+
+  Checkpoint `step` of model `name` goes to `out_root/name/step{step}`. A
+  destination that already holds the conversion of the same source (and dtype,
+  when given) is kept, so an interrupted run resumes where it stopped.
+
+  Args:
+    manifest: trajectory manifest (see `trajax.trajectory`) of HF checkpoints.
+    out_root: output directory; receives the converted checkpoints and the manifest.
+    dtype: as for `convert`.
+    overwrite: reconvert destinations that already exist.
+    allow_outside_root: as for `trajectory.load`.
+    sharding_fn, compress: as for `convert`.
+  Returns:
+    The path of the new manifest, `out_root/trajectory.json`.
+  """
+  traj = trajectory.load(manifest, allow_outside_root=allow_outside_root)
+  left = sum(len(m.checkpoints) for m in traj.models)
+  t_start, written, done = time.perf_counter(), 0, 0
+  models = []
+  for m in traj.models:
+    ckpts = []
+    for c in m.checkpoints:
+      dst = os.path.join(os.path.abspath(out_root), m.name, f"step{c.step}")
+      ckpts.append(trajectory.Checkpoint(c.step, dst))
+      left -= 1
+      if not overwrite and _already_converted(dst, c.path, dtype):
+        logging.info("%s step %d: %s already converted, kept", m.name, c.step, dst)
+        continue
+      t0 = time.perf_counter()
+      convert(c.path, dst, dtype=dtype, overwrite=overwrite, sharding_fn=sharding_fn,
+              compress=compress)
+      done += 1
+      size = dir_bytes(dst)
+      written += size
+      elapsed = time.perf_counter() - t_start
+      logging.info("%s step %d -> %s: %.1f MB in %.1fs | %.1f MB/s overall | %d left, ETA %.0fs",
+                   m.name, c.step, dst, size / 1e6, time.perf_counter() - t0,
+                   written / 1e6 / elapsed, left, elapsed / done * left)
+    models.append(dataclasses.replace(m, checkpoints=tuple(ckpts)))
+  out_manifest = os.path.join(out_root, "trajectory.json")
+  trajectory.Trajectory(tuple(models), traj.name, out_manifest).save(out_manifest)
+  logging.info("wrote %s (%d checkpoints converted, %.1f MB, %.1fs)", out_manifest, done,
+               written / 1e6, time.perf_counter() - t_start)
+  return out_manifest
+
+
+def _already_converted(dst: str, source: str, dtype) -> bool:
+  """Whether `dst` holds `source` converted (at `dtype`, if given); other contents are errors."""
+  if not os.path.lexists(dst):
+    return False
+  marker = read_marker(dst) if is_orbax_checkpoint(dst) else None
+  if (marker is None or marker.get("source") != os.path.abspath(source) or
+      (dtype is not None and marker.get("dtype") != jnp.dtype(dtype).name)):
+    raise FileExistsError(f"{dst}: exists and is not the conversion of {source}"
+                          f"{f' at {jnp.dtype(dtype).name}' if dtype is not None else ''}; pass "
+                          f"overwrite=True (--overwrite) to replace a trajax orbax checkpoint")
+  return True
