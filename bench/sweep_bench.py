@@ -83,6 +83,9 @@ def main():
 
   root = args.dir or tempfile.mkdtemp(prefix="sweep_bench_")
   os.makedirs(root, exist_ok=True)
+  for name in os.listdir(root):  # stores of an earlier run in --dir: every sweep starts fresh
+    if name.startswith("out_"):
+      shutil.rmtree(os.path.join(root, name))
   try:
     manifest = write_inputs(root, args.shape, args.ckpts, args.dtype, args.rows, args.block_len)
     cfg = lambda prefetch: sweep_config(manifest, root, args.dtype, args.rows, args.block_len,
