@@ -70,3 +70,25 @@ def write_manifest(path, models):
   with open(path, "w") as f:
     json.dump(data, f)
   return str(path)
+
+
+# A small OPT with OPT's real vocabulary, for sweeps over text tokenized by OPT's tokenizer.
+SWEEP_MODEL = dict(vocab_size=50272, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
+                   num_attention_heads=2, max_position_embeddings=256)
+
+
+def sweep_inputs(tmp_path, tiny_ckpt, n_ckpts):
+  """A one-model trajectory of `n_ckpts` random checkpoints and 8 documents to score.
+
+  Returns:
+    (manifest path, glob of the documents).
+  """
+  ckpts = []
+  for k in range(n_ckpts):
+    path, _ = tiny_ckpt(f"m/step{k + 1}", seed=k, **SWEEP_MODEL)
+    ckpts.append(((k + 1) * 10, path))
+  docs = tmp_path / "docs"
+  docs.mkdir()
+  for i in range(8):
+    (docs / f"{i}.txt").write_text(f"Document {i}. " + "The river runs past the old mill. " * 40)
+  return write_manifest(str(tmp_path / "traj.json"), {"m": (100, ckpts)}), str(docs / "*.txt")

@@ -36,19 +36,25 @@ TORCH_BIN = "pytorch_model.bin"
 TORCH_BIN_INDEX = "pytorch_model.bin.index.json"
 
 
+def _read_json(path: str, what: str):
+  """The parsed JSON file at `path`; any corruption is a ValueError naming it."""
+  with open(path, "rb") as f:
+    raw = f.read()
+  try:
+    return json.loads(raw)
+  except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, too-long integers, deep nesting
+    raise ValueError(f"{path}: not valid JSON ({e}); expected {what}") from None
+
+
 def read_config(path: str | os.PathLike) -> dict:
   """The parsed `config.json` of a checkpoint directory."""
   cfg_path = os.path.join(path, "config.json")
   if not os.path.isfile(cfg_path):
     raise FileNotFoundError(f"{cfg_path}: no config.json; is {path!r} a Hugging Face checkpoint "
                             f"directory?")
-  try:
-    with open(cfg_path) as f:
-      hf = json.load(f)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
-  if not isinstance(hf, dict) or "model_type" not in hf:
-    raise ValueError(f"{cfg_path}: expected a JSON object with a 'model_type' field")
+  hf = _read_json(cfg_path, "a Hugging Face model config")
+  if not isinstance(hf, dict) or not isinstance(hf.get("model_type"), str):
+    raise ValueError(f"{cfg_path}: expected a JSON object with a string field 'model_type'")
   return hf
 
 
@@ -106,6 +112,7 @@ class HFWeights:
 
   def __init__(self, path: str | os.PathLike, normalize_key: Callable[[str], str] = lambda k: k):
     self.path = os.fspath(path)
+    self._index_path = None
     files = self._weight_files()
     self._where: dict[str, tuple[object, str]] = {}
     for fname, wanted in files:
@@ -122,35 +129,43 @@ class HFWeights:
       if wanted is not None:
         absent = sorted(set(wanted) - set(reader.keys()))
         if absent:
-          raise ValueError(f"{fpath}: the index lists {absent[:5]} in this shard but it does not "
-                           f"contain them")
+          raise ValueError(f"{self._index_path}: lists {absent[:5]} in shard {fpath}, which does "
+                           f"not contain them")
 
   def _weight_files(self) -> list[tuple[str, set[str] | None]]:
     """(file name, keys the index assigns to it or None) in a fixed order."""
     for index_name in (SAFETENSORS_INDEX, TORCH_BIN_INDEX):
       index_path = os.path.join(self.path, index_name)
       if os.path.isfile(index_path):
-        try:
-          with open(index_path) as f:
-            weight_map = json.load(f)["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-          raise ValueError(f"{index_path}: expected JSON with a 'weight_map' object ({e})") from None
-        by_file: dict[str, set[str]] = {}
-        for key, fname in weight_map.items():
-          if os.path.basename(fname) != fname:
-            raise ValueError(f"{index_path}: shard name {fname!r} for {key!r} must be a file name "
-                             f"in the checkpoint directory")
-          by_file.setdefault(fname, set()).add(key)
-        for fname in by_file:
-          if not os.path.isfile(os.path.join(self.path, fname)):
-            raise FileNotFoundError(f"{index_path}: lists shard {fname!r}, which is missing from "
-                                    f"{self.path}")
-        return sorted(by_file.items())
+        return sorted(self._read_index(index_path).items())
     for fname in (SAFETENSORS, TORCH_BIN):
       if os.path.isfile(os.path.join(self.path, fname)):
         return [(fname, None)]
     raise FileNotFoundError(f"{self.path}: no weights found; expected {SAFETENSORS}, "
                             f"{SAFETENSORS_INDEX}, {TORCH_BIN} or {TORCH_BIN_INDEX}")
+
+  def _read_index(self, index_path: str) -> dict[str, set[str]]:
+    """{shard file name: the keys the index assigns to it}; every shard lies in self.path."""
+    self._index_path = index_path
+    index = _read_json(index_path, "a shard index with a 'weight_map' object")
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+      raise ValueError(f"{index_path}: expected a JSON object whose 'weight_map' is a non-empty "
+                       f"object {{tensor name: shard file name}}")
+    by_file: dict[str, set[str]] = {}
+    for key, fname in weight_map.items():
+      # A plain file name: never a path out of (or into a subfolder of) the checkpoint. The
+      # file itself may be a symlink, as every file in the Hugging Face cache is.
+      if (not isinstance(fname, str) or fname in ("", ".", "..") or "\x00" in fname or
+          os.path.basename(fname) != fname or (os.altsep and os.altsep in fname)):
+        raise ValueError(f"{index_path}: shard name {fname!r} for {key!r} must be a file name "
+                         f"in the checkpoint directory")
+      by_file.setdefault(fname, set()).add(key)
+    for fname in by_file:
+      if not os.path.isfile(os.path.join(self.path, fname)):
+        raise FileNotFoundError(f"{index_path}: lists shard {fname!r}, which is missing from "
+                                f"{self.path}")
+    return by_file
 
   def keys(self) -> set[str]:
     return set(self._where)
@@ -286,7 +301,10 @@ def from_state_dict(hf_config: dict, tensors, dtype=jnp.float32, sharding_fn=Non
   The same strict table as `load_hf`, without files: for benchmarks that build
   large random models in memory, and for trainers that hold weights already.
   """
-  fam = models.family(hf_config.get("model_type", ""), "<config dict>")
+  model_type = hf_config.get("model_type", "")
+  if not isinstance(model_type, str):
+    raise ValueError(f"<config dict>: model_type {model_type!r} is not a string")
+  fam = models.family(model_type, "<config dict>")
   cfg = fam.Config.from_hf_config(hf_config, "<config dict>")
   return _build(fam, cfg, _DictWeights(tensors, fam.normalize_hf_key), dtype, sharding_fn,
                 check_finite)

@@ -18,6 +18,7 @@ import numpy as np
 
 GUTENBERG_START = "*** START OF"
 GUTENBERG_END = ("*** END OF", "End of the Project Gutenberg", "End of Project Gutenberg")
+BOM = "\ufeff"
 
 
 @dataclasses.dataclass
@@ -26,23 +27,25 @@ class Document:
   text: str
 
 
-def _decode(raw: bytes, path: str) -> str:
+def _decode(raw: bytes, where: str, offset: int = 0) -> str:
+  """`raw` as UTF-8 text; errors name `where` and the byte (`offset` is `raw`'s in the file)."""
   try:
     text = raw.decode("utf-8")
   except UnicodeDecodeError as e:
-    raise ValueError(f"{path}: invalid UTF-8 at byte {e.start} ({raw[e.start:e.start + 4]!r}); "
-                     f"expected UTF-8 text") from None
+    raise ValueError(f"{where}: invalid UTF-8 at byte {offset + e.start} "
+                     f"({raw[e.start:e.start + 4]!r}); expected UTF-8 text") from None
   if "\x00" in text:
-    raise ValueError(f"{path}: contains NUL bytes at character {text.index(chr(0))}; expected "
+    raise ValueError(f"{where}: contains NUL bytes at character {text.index(chr(0))}; expected "
                      f"a text file")
-  return text.lstrip("\ufeff").replace("\r\n", "\n")
+  return text
 
 
 def strip_gutenberg(text: str) -> str:
   """The body of a Project Gutenberg release, between its START and END markers."""
   start = text.find(GUTENBERG_START)
   if start >= 0:
-    text = text[text.find("\n", start) + 1:]
+    line_end = text.find("\n", start)
+    text = "" if line_end < 0 else text[line_end + 1:]  # the START line is never body
   ends = [i for i in (text.find(m) for m in GUTENBERG_END) if i >= 0]
   if ends:
     text = text[:min(ends)]
@@ -58,6 +61,10 @@ def read_documents(patterns: str | list[str], text_key: str = "text",
     text_key: the JSONL field holding the text.
     gutenberg: strip Project Gutenberg headers/footers from .txt files.
     log: optional callable for a message about skipped (empty) documents.
+  Returns:
+    The non-empty documents; a file that is not UTF-8 text, or a JSONL line that
+    is not an object with a string `text_key`, is a ValueError naming the file
+    (and `file:line` in JSONL).
   """
   if isinstance(patterns, str):
     patterns = [p for p in patterns.split(",") if p]
@@ -72,22 +79,11 @@ def read_documents(patterns: str | list[str], text_key: str = "text",
     with open(path, "rb") as f:
       raw = f.read()
     if path.endswith(".jsonl"):
-      for lineno, line in enumerate(_decode(raw, path).split("\n"), 1):
-        if not line.strip():
-          continue
-        try:
-          obj = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get(text_key), str):
-          raise ValueError(f"{path}:{lineno}: expected an object with a string field "
-                           f"{text_key!r}")
-        if obj[text_key].strip():
-          docs.append(Document(f"{path}:{lineno}", obj[text_key]))
-        else:
-          skipped += 1
+      found = list(_jsonl_documents(raw, path, text_key))
+      docs += [d for d in found if d is not None]
+      skipped += found.count(None)
     else:
-      text = _decode(raw, path)
+      text = _decode(raw, path).removeprefix(BOM).replace("\r\n", "\n")  # one BOM; CRLF ends
       text = strip_gutenberg(text) if gutenberg else text
       if text.strip():
         docs.append(Document(path, text))
@@ -98,18 +94,60 @@ def read_documents(patterns: str | list[str], text_key: str = "text",
   return docs
 
 
+def jsonl_objects(raw: bytes, path: str):
+  """(`path:line`, object) per non-blank line of JSONL bytes (a leading BOM is skipped).
+
+  A damaged line (invalid UTF-8, NUL bytes, invalid JSON, not an object) is a
+  ValueError naming `path:line`; byte offsets in errors are the file's.
+  """
+  body = raw.removeprefix(BOM.encode())
+  offset = len(raw) - len(body)
+  for lineno, line in enumerate(body.split(b"\n"), 1):
+    where = f"{path}:{lineno}"
+    text = _decode(line, where, offset)
+    offset += len(line) + 1
+    if not text.strip():
+      continue
+    try:
+      obj = json.loads(text)
+    except (ValueError, RecursionError) as e:  # also too-long integers, too-deep nesting
+      raise ValueError(f"{where}: not valid JSON ({getattr(e, 'msg', e)})") from None
+    if not isinstance(obj, dict):
+      raise ValueError(f"{where}: expected a JSON object, found {type(obj).__name__}")
+    yield where, obj
+
+
+def _jsonl_documents(raw: bytes, path: str, text_key: str):
+  """A Document (None for an empty one) per non-blank line; errors name `path:line`."""
+  for where, obj in jsonl_objects(raw, path):
+    if not isinstance(obj.get(text_key), str):
+      raise ValueError(f"{where}: expected an object with a string field {text_key!r}")
+    doc = obj[text_key]
+    try:
+      doc.encode("utf-8")
+    except UnicodeEncodeError as e:  # JSON can escape a lone surrogate; no tokenizer takes it
+      raise ValueError(f"{where}: field {text_key!r} has an unpaired surrogate "
+                       f"{doc[e.start]!r} at character {e.start}; expected Unicode text") from None
+    yield Document(where, doc) if doc.strip() else None
+
+
 def encode_prefix(tokenizer, text: str, n_tokens: int) -> list[int]:
   """The first `n_tokens` ids of `text` (no special tokens), encoding only a prefix.
 
-  Books are long; tokenising a character prefix (grown until it yields enough
-  tokens) avoids encoding megabytes. The last token of a prefix may be cut mid
-  word, so the prefix is taken with a margin and the ids truncated.
+  Books are long; tokenising a character prefix avoids encoding megabytes. A
+  prefix may end inside a word whose tokens then differ from the whole text's
+  (BPE merges depend on the whole word: "communication" vs a cut "commun"), and
+  more than one token can differ. So the prefix grows until the first
+  `n_tokens` ids of two prefixes, one twice the other, agree (or it is the
+  whole text).
   """
   chars = max(64, n_tokens * 8)
+  previous = None
   while True:
     ids = tokenizer(text[:chars], add_special_tokens=False)["input_ids"]
-    if len(ids) > n_tokens or chars >= len(text):
+    if chars >= len(text) or (previous is not None and previous[:n_tokens] == ids[:n_tokens]):
       return ids[:n_tokens]
+    previous = ids if len(ids) > n_tokens else None
     chars *= 2
 
 
@@ -147,6 +185,8 @@ def make_blocks(docs: list[Document], tokenizer, block_len: int = 2048,
   """
   if block_len < 2:
     raise ValueError(f"block_len must be >= 2, got {block_len}")
+  if max_docs is not None and max_docs < 1:
+    raise ValueError(f"max_docs must be None (all) or >= 1, got {max_docs}")
   bos = tokenizer.bos_token_id if bos_id is None else bos_id
   prefix = [] if bos is None or bos < 0 else [int(bos)]
   rows, names = [], []

@@ -22,23 +22,66 @@ import os
 import numpy as np
 import tensorstore as ts
 
+from trajax import atomic
+
 PENDING, DONE, FAILED = 0, 1, 2
 # Largest chunk of a logprobs row, in float32 values (64 MiB).
 MAX_CHUNK_VALUES = 16 * 2**20
 
 
-def _write_json(path: str, obj) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with builtins.open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+def _int(v, lo: int = 0) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool) and v >= lo
 
 
-def _read_json(path: str):
-  with builtins.open(path) as f:
-    return json.load(f)
+def _strs(v) -> bool:
+  return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+# field: (check, what is expected, required); the store's own files, checked on every reopen.
+DATASET_FIELDS = {
+    "dataset_hash": (lambda v: isinstance(v, str), "a string", True),
+    "tokenizer_hash": (lambda v: isinstance(v, str), "a string", True),
+    "block_shape": (lambda v: isinstance(v, list) and len(v) == 2 and all(map(_int, v)),
+                    "[rows, block_len], two integers >= 0", True),
+    "documents": (_strs, "a list of document names", False),
+    "n_predictions": (_int, "an integer >= 0", False),
+}
+META_FIELDS = {
+    "steps": (lambda v: isinstance(v, list) and all(map(_int, v)),
+              "a list of checkpoint steps (integers >= 0)", True),
+    "tokens_per_step": (lambda v: _int(v, 1), "an integer >= 1", True),
+    "params": (lambda v: v is None or _int(v, 1), "a positive integer or null", False),
+    "paths": (_strs, "a list of checkpoint paths", False),
+}
+
+
+def _read_json(path: str, fields: dict | None = None) -> dict:
+  """The JSON object in `path` with its `fields` checked; damage is a ValueError naming it."""
+  try:
+    with builtins.open(path, "rb") as f:
+      obj = json.loads(f.read())
+  except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, too-long integers, deep nesting
+    raise ValueError(f"{path}: not valid JSON ({e}); this store's metadata is damaged: restore "
+                     f"the file or use a new workdir") from None
+  if not isinstance(obj, dict):
+    raise ValueError(f"{path}: expected a JSON object, found {type(obj).__name__}")
+  for key, (check, expected, required) in (fields or {}).items():
+    if key not in obj:
+      if required:
+        raise ValueError(f"{path}: missing field {key!r} ({expected})")
+    elif not check(obj[key]):
+      raise ValueError(f"{path}: field {key!r} is {obj[key]!r}; expected {expected}")
+  return obj
+
+
+def _check_model(meta_path: str, meta: dict, done: ts.TensorStore) -> None:
+  """A model's meta.json (read with META_FIELDS) against its `done` array."""
+  n = len(meta["steps"])
+  if "paths" in meta and len(meta["paths"]) != n:
+    raise ValueError(f"{meta_path}: {len(meta['paths'])} paths for {n} steps")
+  if tuple(done.shape) != (n,):
+    raise ValueError(f"{meta_path}: {n} steps, but the model's done array has shape "
+                     f"{list(done.shape)}; the store is damaged: use a new workdir")
 
 
 def _zarr(path: str, dtype: str, shape, chunks, fill, create: bool):
@@ -71,11 +114,23 @@ class ModelRows:
     if row.shape[0] != self.logprobs.shape[1]:
       raise ValueError(f"{self.name}: row has {row.shape[0]} values, store expects "
                        f"{self.logprobs.shape[1]}")
-    self.logprobs[index].write(row).result()
-    self.done[index].write(np.int8(DONE)).result()
+    self._write(self.logprobs, index, row)
+    self._write(self.done, index, np.int8(DONE))
 
   def mark_failed(self, index: int) -> None:
-    self.done[index].write(np.int8(FAILED)).result()
+    self._write(self.done, index, np.int8(FAILED))
+
+  def _write(self, array: ts.TensorStore, index: int, value) -> None:
+    """One chunk write; tensorstore replaces the chunk file atomically, so a failed write
+    leaves the old chunk (and every other row) as it was."""
+    try:
+      array[index].write(value).result()
+    except ValueError as e:  # tensorstore reports OS errors as ValueError
+      if atomic.is_no_space(e):
+        path = array.kvstore.path if array.kvstore is not None else self.name
+        raise atomic.no_space_error(f"{path} (model {self.name!r}, checkpoint {index})",
+                                    e) from e
+      raise
 
 
 class Store:
@@ -92,15 +147,15 @@ class Store:
     os.makedirs(root, exist_ok=True)
     meta_path = os.path.join(root, "dataset.json")
     if os.path.exists(meta_path):
-      old = _read_json(meta_path)
+      old = _read_json(meta_path, DATASET_FIELDS)
       for key in ("dataset_hash", "tokenizer_hash", "block_shape"):
         if old.get(key) != dataset.get(key):
           raise ValueError(f"{meta_path}: this store was written for {key}={old.get(key)!r}, "
                            f"but this run has {dataset.get(key)!r}; use a new workdir")
     else:
-      np.savez(os.path.join(root, "tokens.tmp.npz"), tokens=tokens_bt, mask=mask_bt)
-      os.replace(os.path.join(root, "tokens.tmp.npz"), os.path.join(root, "tokens.npz"))
-      _write_json(meta_path, dataset)
+      with atomic.atomic_open(os.path.join(root, "tokens.npz"), "wb") as f:
+        np.savez(f, tokens=tokens_bt, mask=mask_bt)
+      atomic.write_json(meta_path, dataset)
     return cls(root, dataset)
 
   def model(self, name: str, meta: dict) -> ModelRows:
@@ -110,17 +165,23 @@ class Store:
     n_ckpt = len(meta["steps"])
     n_values = int(np.prod(self.dataset["block_shape"]))
     if os.path.exists(meta_path):
-      old = _read_json(meta_path)
+      old = _read_json(meta_path, META_FIELDS)
       if old["steps"] != list(meta["steps"]):
         raise ValueError(f"{meta_path}: model {name!r} was stored with steps {old['steps']}, "
                          f"this trajectory has {list(meta['steps'])}; use a new workdir")
-      return ModelRows(name, old, _zarr(os.path.join(mdir, "logprobs"), "", 0, 0, 0, False),
+      rows = ModelRows(name, old, _zarr(os.path.join(mdir, "logprobs"), "", 0, 0, 0, False),
                        _zarr(os.path.join(mdir, "done"), "", 0, 0, 0, False))
+      _check_model(meta_path, old, rows.done)
+      if tuple(rows.logprobs.shape) != (n_ckpt, n_values):
+        raise ValueError(f"{meta_path}: the model's logprobs array has shape "
+                         f"{list(rows.logprobs.shape)}, expected {[n_ckpt, n_values]}; the store "
+                         f"is damaged: use a new workdir")
+      return rows
     os.makedirs(mdir, exist_ok=True)
     chunk = min(n_values, MAX_CHUNK_VALUES)
     lp = _zarr(os.path.join(mdir, "logprobs"), "<f4", (n_ckpt, n_values), (1, chunk), "NaN", True)
     done = _zarr(os.path.join(mdir, "done"), "|i1", (n_ckpt,), (1,), 0, True)
-    _write_json(meta_path, dict(meta))  # last: its presence means the arrays exist
+    atomic.write_json(meta_path, dict(meta))  # last: its presence means the arrays exist
     return ModelRows(name, dict(meta), lp, done)
 
 
@@ -132,15 +193,33 @@ class StoreReader:
     meta_path = os.path.join(self.root, "dataset.json")
     if not os.path.exists(meta_path):
       raise FileNotFoundError(f"{meta_path}: no trajax store in {workdir!r}")
-    self.dataset = _read_json(meta_path)
-    blocks = np.load(os.path.join(self.root, "tokens.npz"))
-    self.tokens = blocks["tokens"]
-    self.mask = blocks["mask"]
+    self.dataset = _read_json(meta_path, DATASET_FIELDS)
+    shape = tuple(self.dataset["block_shape"])
+    if "documents" in self.dataset and len(self.dataset["documents"]) != shape[0]:
+      raise ValueError(f"{meta_path}: {len(self.dataset['documents'])} documents for "
+                       f"block_shape {list(shape)}")
+    tokens_path = os.path.join(self.root, "tokens.npz")
+    try:
+      with np.load(tokens_path) as blocks:
+        self.tokens, self.mask = blocks["tokens"], blocks["mask"]
+    except FileNotFoundError:
+      raise FileNotFoundError(f"{tokens_path}: missing; the store is damaged: use a new "
+                              f"workdir") from None
+    except Exception as e:  # noqa: BLE001  np.load raises BadZipFile, EOFError, KeyError...
+      raise ValueError(f"{tokens_path}: cannot be read ({type(e).__name__}: {e}); the store is "
+                       f"damaged: use a new workdir") from None
+    if (self.tokens.shape != shape or self.mask.shape != shape or
+        self.tokens.dtype.kind not in "iu" or self.mask.dtype != bool):
+      raise ValueError(f"{tokens_path}: tokens {self.tokens.dtype}{list(self.tokens.shape)} and "
+                       f"mask {self.mask.dtype}{list(self.mask.shape)}, expected integer tokens "
+                       f"and a bool mask of block_shape {list(shape)} from {meta_path}")
     self._meta = {}
     for name in sorted(os.listdir(self.root)):
       path = os.path.join(self.root, name, "meta.json")
       if os.path.exists(path):
-        self._meta[name] = _read_json(path)
+        meta = _read_json(path, META_FIELDS)
+        _check_model(path, meta, _zarr(os.path.join(self.root, name, "done"), "", 0, 0, 0, False))
+        self._meta[name] = meta
 
   @property
   def models(self) -> list[str]:

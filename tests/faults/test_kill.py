@@ -8,27 +8,18 @@ import time
 import numpy as np
 
 from trajax import store, sweep
-from conftest import OPT_TOKENIZER, ROOT, write_manifest
+from conftest import OPT_TOKENIZER, ROOT, sweep_inputs
 
 SEED = 20261123
-MODEL = dict(vocab_size=50272, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
-             num_attention_heads=2, max_position_embeddings=256)
 
 
 def _config(tmp_path, tiny_ckpt):
-  ckpts = []
-  for k in range(6):
-    path, _ = tiny_ckpt(f"m/step{k + 1}", seed=k, **MODEL)
-    ckpts.append(((k + 1) * 10, path))
-  docs = tmp_path / "docs"
-  docs.mkdir()
-  for i in range(8):
-    (docs / f"{i}.txt").write_text(f"Document {i}. " + "The river runs past the old mill. " * 40)
+  manifest, docs = sweep_inputs(tmp_path, tiny_ckpt, 6)
   from configs import score as score_config
   config = score_config.get_config()
-  config.trajectory = write_manifest(str(tmp_path / "traj.json"), {"m": (100, ckpts)})
+  config.trajectory = manifest
   config.tokenizer = str(OPT_TOKENIZER)
-  config.data.files = str(docs / "*.txt")
+  config.data.files = docs
   config.data.block_len = 256
   config.batch_size = 2
   return config

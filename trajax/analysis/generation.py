@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from trajax import checkpoints, corruption, data, decoding, flops, sampling, trajectory  # noqa: E402
+from trajax import atomic, checkpoints, corruption, data, decoding, flops, sampling, trajectory  # noqa: E402
 from trajax import workdir as workdir_lib  # noqa: E402
 from trajax.scoring import Scorer  # noqa: E402
 
@@ -129,42 +129,42 @@ def generate_texts(small, large, prompts: Sequence[dict], tokenizer, *,
 
 def write_jsonl(records: Sequence[dict], path: str | os.PathLike) -> str:
   """Writes one JSON object per line, atomically (tmp file + os.replace)."""
-  path = os.fspath(path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
+  with atomic.atomic_open(path, "w") as f:
     for r in records:
       f.write(json.dumps(r, ensure_ascii=False) + "\n")
-  os.replace(tmp, path)
-  return path
+  return os.fspath(path)
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-  """Reads a JSONL file written by `write_jsonl`."""
+def read_jsonl(path: str | os.PathLike, fields: Sequence[str] = ()) -> list[dict]:
+  """Reads a JSONL file written by `write_jsonl`: one JSON object per non-blank line.
+
+  Args:
+    path: the file.
+    fields: names every record must have.
+  Returns:
+    The records in file order. A damaged line (bad UTF-8 or JSON, not an object, a
+    field missing) is a ValueError naming `path:line`.
+  """
+  with open(path, "rb") as f:
+    raw = f.read()
   out = []
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if line.strip():
-        try:
-          out.append(json.loads(line))
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+  for where, record in data.jsonl_objects(raw, os.fspath(path)):
+    missing = [k for k in fields if k not in record]
+    if missing:
+      raise ValueError(f"{where}: missing field(s) {missing}")
+    out.append(record)
   return out
 
 
 def write_csv(rows: Sequence[dict], path: str | os.PathLike, fields: Sequence[str]) -> str:
   """Writes dict rows as CSV atomically; floats keep full precision."""
-  path = os.fspath(path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", newline="") as f:
+  with atomic.atomic_open(path, "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=list(fields))
     w.writeheader()
     for r in rows:
       w.writerow({k: repr(float(v)) if isinstance(v, (float, np.floating)) else v
                   for k, v in r.items() if k in fields})
-  os.replace(tmp, path)
-  return path
+  return os.fspath(path)
 
 
 # ---------------------------------------------------------------------------
@@ -371,8 +371,10 @@ def _png_csv(png_path) -> tuple[str, str]:
 
 def _finish(fig, png):
   fig.tight_layout()
-  fig.savefig(png, dpi=110)
-  plt.close(fig)
+  try:
+    atomic.save_figure(fig, png, dpi=110)
+  finally:
+    plt.close(fig)
 
 
 def _sizes(rows, params_by_model):
@@ -500,19 +502,53 @@ def _flops_by_step(model: trajectory.Model, seq_len: int) -> dict[int, float]:
 
 
 def _read_rows(path, fields):
+  """The rows of a CSV that `write_csv` wrote with `fields`, numbers parsed; [] if absent.
+
+  A damaged file (bad UTF-8 or CSV, a column missing, a row of the wrong width, a
+  cell that is not the number its column holds) is a ValueError naming the file
+  and line.
+  """
   if not os.path.exists(path):
     return []
-  with open(path, newline="") as f:
-    rows = list(csv.DictReader(f))
-  for r in rows:
-    r["step"] = int(r["step"]) if r.get("step") not in (None, "") else ""
-    for k in ("ppl", "fraction"):
-      if k in r:
-        r[k] = float(r[k])
-    for k in ("n_texts", "n_tokens", "n_seqs"):
-      if k in r:
-        r[k] = int(r[k])
-  return [{k: r[k] for k in fields if k in r} for r in rows]
+  with open(path, "rb") as f:
+    raw = f.read()
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    lineno = raw.count(b"\n", 0, e.start) + 1
+    raise ValueError(f"{path}:{lineno}: invalid UTF-8 at byte {e.start}") from None
+  if not text.strip():  # nothing written yet: the rows are computed afresh
+    return []
+  parse = {"step": int, "ppl": float, "fraction": float, "n_texts": int, "n_tokens": int,
+           "n_seqs": int}
+  # Split on "\n" only: a cell may hold other line separators (U+2028) that csv keeps.
+  reader = csv.reader(line + "\n" for line in text.split("\n"))
+  rows, header = [], None
+  try:
+    for cells in reader:
+      where = f"{path}:{reader.line_num}"
+      if header is None:
+        header = cells
+        missing = [k for k in fields if k not in header]
+        if missing:
+          raise ValueError(f"{where}: header {header} lacks column(s) {missing}")
+        continue
+      if not cells:  # a blank line
+        continue
+      if len(cells) != len(header):
+        raise ValueError(f"{where}: {len(cells)} values for the {len(header)} columns {header}")
+      r = dict(zip(header, cells))
+      for k in fields:
+        if k in parse and not (k == "step" and r[k] == ""):  # rows without a step keep ""
+          try:
+            r[k] = parse[k](r[k])
+          except ValueError:
+            raise ValueError(f"{where}: column {k!r} is {r[k]!r}; expected "
+                             f"{'an integer' if parse[k] is int else 'a number'}") from None
+      rows.append({k: r[k] for k in fields})
+  except csv.Error as e:  # NUL, an unclosed quote, a field over the size limit
+    raise ValueError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
+  return rows
 
 
 def run(config, workdir: str) -> dict:
@@ -545,7 +581,8 @@ def _run_unlocked(config, workdir: str) -> dict:
 
   gen_path = os.path.join(workdir, f"generations_{n}.jsonl")
   if os.path.exists(gen_path):
-    texts = read_jsonl(gen_path)
+    texts = read_jsonl(gen_path, fields=("config", "method", "seed", "prompt_ids",
+                                         "generated_ids"))
     have = {(t["config"], t["method"], t["seed"]) for t in texts}
     want = {(c, m, config.seed) for c in config.configs for m in config.methods}
     if have != want:
@@ -568,8 +605,7 @@ def _run_unlocked(config, workdir: str) -> dict:
     write_jsonl(texts, gen_path)
   out["generations"] = gen_path
   out["examples"] = os.path.join(workdir, f"examples_{n}.md")
-  with open(out["examples"], "w", encoding="utf-8") as f:
-    f.write(example_table(texts, config.table_prompts))
+  atomic.write_text(out["examples"], example_table(texts, config.table_prompts))
 
   ppl_path = os.path.join(workdir, f"generated_ppl_{n}.csv")
   rows = _read_rows(ppl_path, PPL_FIELDS)

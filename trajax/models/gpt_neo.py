@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from trajax.models import hf_config
 from trajax.models import layers as L
 
 # The window of a global layer: larger than any sequence.
@@ -39,12 +40,42 @@ GLOBAL_WINDOW = 2**30
 ATTENTION_KINDS = ("global", "local")
 
 
-def expand_attention_types(attention_types) -> tuple[str, ...]:
+def expand_attention_types(attention_types, source: str = "config.json") -> tuple[str, ...]:
   """HF's `[[["global", "local"], 12]]` -> ("global", "local", ..., "local") (24 entries)."""
+  def bad(why):
+    return ValueError(f"{source}: field 'attention_types' is {attention_types!r}; expected a list "
+                      f"of [kinds, repeat] pairs such as [[[\"global\", \"local\"], 12]] ({why})")
+  if not isinstance(attention_types, (list, tuple)):
+    raise bad("not a list")
   out = []
-  for kinds, repeat in attention_types:
-    out.extend(list(kinds) * int(repeat))
+  for pair in attention_types:
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+      raise bad(f"{pair!r} is not a [kinds, repeat] pair")
+    kinds, repeat = pair
+    if not isinstance(kinds, (list, tuple)) or not all(k in ATTENTION_KINDS for k in kinds):
+      raise bad(f"kinds {kinds!r} is not a list of {list(ATTENTION_KINDS)}")
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 0:
+      raise bad(f"repeat {repeat!r} is not an integer >= 0")
+    if len(out) + len(kinds) * repeat > hf_config.MAX_LAYERS:
+      raise bad(f"more than {hf_config.MAX_LAYERS} layers")
+    out.extend(list(kinds) * repeat)
   return tuple(out)
+
+
+def _attention_layers(hf: dict[str, Any], source: str) -> tuple[str, ...]:
+  """`attention_layers` if given, else `attention_types` expanded; the two must agree."""
+  expanded = expand_attention_types(hf.get("attention_types", [[["global", "local"], 12]]), source)
+  if "attention_layers" not in hf:
+    return expanded
+  layers = hf["attention_layers"]
+  if not isinstance(layers, list) or not all(k in ATTENTION_KINDS for k in layers):
+    raise ValueError(f"{source}: field 'attention_layers' is {layers!r}; expected a list of "
+                     f"{list(ATTENTION_KINDS)}")
+  if "attention_types" in hf and tuple(layers) != expanded:
+    raise ValueError(f"{source}: field 'attention_layers' {layers} disagrees with "
+                     f"'attention_types' {hf['attention_types']} (which expands to "
+                     f"{list(expanded)})")
+  return tuple(layers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,37 +138,39 @@ class GPTNeoConfig:
 
   @classmethod
   def from_hf_config(cls, hf: dict[str, Any], source: str = "config.json") -> "GPTNeoConfig":
-    """Builds the config from a parsed HF `config.json` dict."""
-    get = lambda new, old, default=None: hf.get(new, hf.get(old, default))
+    """Builds the config from a parsed HF `config.json` dict.
+
+    Each field must have the JSON type transformers writes (`hf_config.HFFields`);
+    a bad one is a ValueError naming `source` and the field.
+    """
     required = {"vocab_size": "vocab_size", "hidden_size": "hidden_size",
                 "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads"}
     missing = [k for k, alias in required.items() if k not in hf and alias not in hf]
     if missing:
       raise ValueError(f"{source}: missing field(s) {missing} required for a GPT-Neo config")
-    if "attention_layers" in hf:
-      kinds = tuple(hf["attention_layers"])
-    else:
-      kinds = expand_attention_types(hf.get("attention_types", [[["global", "local"], 12]]))
+    f = hf_config.HFFields(hf, source)
     d = cls()
-    eos = hf.get("eos_token_id", d.eos_token_id)
-    eos = int(eos[0] if isinstance(eos, list) else eos)
-    pad = hf.get("pad_token_id")
+    eos = f.token_id("eos_token_id", d.eos_token_id)
+    fields = {
+        "vocab_size": f.integer("vocab_size"), "hidden_size": f.integer("hidden_size"),
+        "num_layers": f.integer(("num_layers", "num_hidden_layers"), lo=0,
+                                hi=hf_config.MAX_LAYERS),
+        "num_heads": f.integer(("num_heads", "num_attention_heads")),
+        # HF: null means 4 * hidden_size.
+        "intermediate_size": f.integer("intermediate_size", None, nullable=True),
+        "max_position_embeddings": f.integer("max_position_embeddings", 2048),
+        "attention_layers": _attention_layers(hf, source),
+        "window_size": f.integer("window_size", 256),
+        "activation_function": f.string("activation_function", "gelu_new", L.ACTIVATIONS),
+        "layer_norm_epsilon": f.number("layer_norm_epsilon", 1e-5),
+        "tie_word_embeddings": f.boolean("tie_word_embeddings", True),
+        "bos_token_id": f.token_id("bos_token_id", d.bos_token_id), "eos_token_id": eos,
+        "pad_token_id": f.token_id("pad_token_id", eos),
+        "initializer_range": f.number("initializer_range", 0.02),
+    }
     try:
-      return cls(
-          vocab_size=int(hf["vocab_size"]), hidden_size=int(hf["hidden_size"]),
-          num_layers=int(get("num_layers", "num_hidden_layers")),
-          num_heads=int(get("num_heads", "num_attention_heads")),
-          intermediate_size=(int(hf["intermediate_size"]) if hf.get("intermediate_size")
-                             else None),
-          max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
-          attention_layers=kinds, window_size=int(hf.get("window_size", 256)),
-          activation_function=str(hf.get("activation_function", "gelu_new")),
-          layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-5)),
-          tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
-          bos_token_id=int(hf.get("bos_token_id", d.bos_token_id)), eos_token_id=eos,
-          pad_token_id=int(pad) if pad is not None else eos,
-          initializer_range=float(hf.get("initializer_range", 0.02)))
-    except ValueError as e:
+      return cls(**fields)
+    except ValueError as e:  # a relation between fields, e.g. heads not dividing hidden_size
       raise ValueError(f"{source}: {e}") from None
 
   def to_hf_config(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from trajax.models import hf_config
 from trajax.models import layers as L
 
 
@@ -87,38 +88,61 @@ class GPTNeoXConfig:
     Rotary settings come from `rope_parameters` (transformers 5:
     `partial_rotary_factor`, `rope_theta`) or the older `rotary_pct` /
     `rotary_emb_base` (the Pythia releases); only the default rope type exists here.
+    Each field must have the JSON type transformers writes (`hf_config.HFFields`);
+    a bad one is a ValueError naming `source` and the field.
     """
     required = ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                 "intermediate_size"]
     missing = [k for k in required if k not in hf]
     if missing:
       raise ValueError(f"{source}: missing field(s) {missing} required for a GPT-NeoX config")
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    f = hf_config.HFFields(hf, source)
+    rope_key = "rope_parameters" if f.mapping("rope_parameters") else "rope_scaling"
+    rope = f.mapping(rope_key)
+    r = hf_config.HFFields(rope, f"{source}: field {rope_key!r}")
+    rope_type = r.string(("rope_type", "type"), "default")
     if rope_type != "default":
-      raise ValueError(f"{source}: rope type {rope_type!r} is not supported (only 'default')")
+      raise ValueError(f"{source}: field {rope_key!r}: rope type {rope_type!r} is not supported "
+                       f"(only 'default')")
+    # The rotary settings in either spelling; when a file has both, they must agree.
+    legacy = {"rotary_pct": f.number("rotary_pct", 0.25, hi=1.0),
+              "rotary_emb_base": f.number("rotary_emb_base", 10000.0, lo_open=True)}
+    pct_key, pct = "rotary_pct", legacy["rotary_pct"]
+    base_key, base = "rotary_emb_base", legacy["rotary_emb_base"]
+    if "partial_rotary_factor" in rope:
+      pct_key, pct = "partial_rotary_factor", r.number("partial_rotary_factor", hi=1.0)
+    if "rope_theta" in rope:
+      base_key, base = "rope_theta", r.number("rope_theta", lo_open=True)
+    for key, value, old in ((pct_key, pct, "rotary_pct"), (base_key, base, "rotary_emb_base")):
+      if key != old and old in hf and legacy[old] != value:
+        raise ValueError(f"{source}: fields {rope_key!r}.{key} = {value} and {old!r} = "
+                         f"{legacy[old]} are two names for one setting and disagree")
+    hidden, heads = f.integer("hidden_size"), f.integer("num_attention_heads")
+    if hidden % heads == 0 and int(hidden // heads * pct) % 2:
+      raise ValueError(f"{source}: fields 'hidden_size' = {hidden}, 'num_attention_heads' = "
+                       f"{heads} and {pct_key!r} = {pct} give rotary_ndims = int(head_dim "
+                       f"{hidden // heads} * {pct}) = {int(hidden // heads * pct)}, which must "
+                       f"be even")
     d = cls()
-    eos = hf.get("eos_token_id", d.eos_token_id)
-    eos = int(eos[0] if isinstance(eos, list) else eos)
-    pad = hf.get("pad_token_id")
+    eos = f.token_id("eos_token_id", d.eos_token_id)
+    fields = {
+        "vocab_size": f.integer("vocab_size"), "hidden_size": hidden,
+        "num_hidden_layers": f.integer("num_hidden_layers", lo=0, hi=hf_config.MAX_LAYERS),
+        "num_attention_heads": heads, "intermediate_size": f.integer("intermediate_size"),
+        "hidden_act": f.string("hidden_act", "gelu", L.ACTIVATIONS),
+        "max_position_embeddings": f.integer("max_position_embeddings", 2048),
+        "rotary_pct": pct, "rotary_emb_base": base,
+        "layer_norm_eps": f.number("layer_norm_eps", 1e-5),
+        "use_parallel_residual": f.boolean("use_parallel_residual", True),
+        "attention_bias": f.boolean("attention_bias", True),
+        "tie_word_embeddings": f.boolean("tie_word_embeddings", False),
+        "bos_token_id": f.token_id("bos_token_id", d.bos_token_id), "eos_token_id": eos,
+        "pad_token_id": f.token_id("pad_token_id", eos),
+        "initializer_range": f.number("initializer_range", 0.02),
+    }
     try:
-      return cls(
-          vocab_size=int(hf["vocab_size"]), hidden_size=int(hf["hidden_size"]),
-          num_hidden_layers=int(hf["num_hidden_layers"]),
-          num_attention_heads=int(hf["num_attention_heads"]),
-          intermediate_size=int(hf["intermediate_size"]),
-          hidden_act=str(hf.get("hidden_act", "gelu")),
-          max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
-          rotary_pct=float(rope.get("partial_rotary_factor", hf.get("rotary_pct", 0.25))),
-          rotary_emb_base=float(rope.get("rope_theta", hf.get("rotary_emb_base", 10000.0))),
-          layer_norm_eps=float(hf.get("layer_norm_eps", 1e-5)),
-          use_parallel_residual=bool(hf.get("use_parallel_residual", True)),
-          attention_bias=bool(hf.get("attention_bias", True)),
-          tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-          bos_token_id=int(hf.get("bos_token_id", d.bos_token_id)), eos_token_id=eos,
-          pad_token_id=int(pad) if pad is not None else eos,
-          initializer_range=float(hf.get("initializer_range", 0.02)))
-    except ValueError as e:
+      return cls(**fields)
+    except ValueError as e:  # a relation between fields, e.g. heads not dividing hidden_size
       raise ValueError(f"{source}: {e}") from None
 
   def to_hf_config(self) -> dict[str, Any]:

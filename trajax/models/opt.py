@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from trajax.models import hf_config
 from trajax.models import layers as L
 
 # OPT's learned positional embedding table has 2 extra rows: position p uses row p + 2.
@@ -70,33 +71,43 @@ class OPTConfig:
 
   @classmethod
   def from_hf_config(cls, hf: dict[str, Any], source: str = "config.json") -> "OPTConfig":
-    """Builds the config from a parsed HF `config.json` dict."""
+    """Builds the config from a parsed HF `config.json` dict.
+
+    Each field must have the JSON type transformers writes (`hf_config.HFFields`);
+    a bad one is a ValueError naming `source` and the field.
+    """
     required = ["vocab_size", "hidden_size", "num_hidden_layers", "ffn_dim", "num_attention_heads",
                 "max_position_embeddings"]
     missing = [k for k in required if k not in hf]
     if missing:
       raise ValueError(f"{source}: missing field(s) {missing} required for an OPT config")
-    defaults = cls()
-    eos = hf.get("eos_token_id", defaults.eos_token_id)
-    return cls(
-        vocab_size=int(hf["vocab_size"]),
-        hidden_size=int(hf["hidden_size"]),
-        num_hidden_layers=int(hf["num_hidden_layers"]),
-        ffn_dim=int(hf["ffn_dim"]),
-        num_attention_heads=int(hf["num_attention_heads"]),
-        max_position_embeddings=int(hf["max_position_embeddings"]),
-        word_embed_proj_dim=int(hf.get("word_embed_proj_dim") or hf["hidden_size"]),
-        do_layer_norm_before=bool(hf.get("do_layer_norm_before", True)),
-        remove_final_layer_norm=bool(hf.get("_remove_final_layer_norm", False)),
-        activation_function=str(hf.get("activation_function", "relu")),
-        enable_bias=bool(hf.get("enable_bias", True)),
-        layer_norm_elementwise_affine=bool(hf.get("layer_norm_elementwise_affine", True)),
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
-        pad_token_id=int(hf.get("pad_token_id", defaults.pad_token_id) or 0),
-        bos_token_id=int(hf.get("bos_token_id", defaults.bos_token_id)),
-        eos_token_id=int(eos[0] if isinstance(eos, list) else eos),
-        init_std=float(hf.get("init_std", 0.02)),
-    )
+    f = hf_config.HFFields(hf, source)
+    d = cls()
+    hidden = f.integer("hidden_size")
+    fields = {
+        "vocab_size": f.integer("vocab_size"),
+        "hidden_size": hidden,
+        "num_hidden_layers": f.integer("num_hidden_layers", lo=0, hi=hf_config.MAX_LAYERS),
+        "ffn_dim": f.integer("ffn_dim"),
+        "num_attention_heads": f.integer("num_attention_heads"),
+        "max_position_embeddings": f.integer("max_position_embeddings"),
+        # HF: null means hidden_size.
+        "word_embed_proj_dim": f.integer("word_embed_proj_dim", None, nullable=True) or hidden,
+        "do_layer_norm_before": f.boolean("do_layer_norm_before", True),
+        "remove_final_layer_norm": f.boolean("_remove_final_layer_norm", False),
+        "activation_function": f.string("activation_function", "relu", L.ACTIVATIONS),
+        "enable_bias": f.boolean("enable_bias", True),
+        "layer_norm_elementwise_affine": f.boolean("layer_norm_elementwise_affine", True),
+        "tie_word_embeddings": f.boolean("tie_word_embeddings", True),
+        "pad_token_id": f.token_id("pad_token_id", d.pad_token_id, null=0),
+        "bos_token_id": f.token_id("bos_token_id", d.bos_token_id),
+        "eos_token_id": f.token_id("eos_token_id", d.eos_token_id),
+        "init_std": f.number("init_std", 0.02),
+    }
+    try:
+      return cls(**fields)
+    except ValueError as e:  # a relation between fields, e.g. heads not dividing hidden_size
+      raise ValueError(f"{source}: {e}") from None
 
   def to_hf_config(self) -> dict[str, Any]:
     """The HF `config.json` dict for this architecture (for checkpoints trajax writes)."""
