@@ -3,6 +3,7 @@ import json
 import os
 import pickle
 
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -113,13 +114,18 @@ def test_missing_shard_is_named(tiny_ckpt):
     trajax.load_hf(path)
 
 
-def test_nan_weights_refused(tiny_ckpt):
+@pytest.mark.parametrize("stored", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_weights_refused(tiny_ckpt, stored, bad):
   path, _ = tiny_ckpt()
   def poison(t):
-    t["model.decoder.layers.1.fc1.weight"][3, 4] = np.nan
+    for k in t:
+      t[k] = t[k].astype(ml_dtypes.bfloat16 if stored == "bfloat16" else stored)
+    t["model.decoder.layers.1.fc1.weight"][3, 4] = bad
   _rewrite(path, poison)
   with pytest.raises(ValueError, match="fc1.weight.*NaN or Inf"):
     trajax.load_hf(path)
+  trajax.load_hf(path, check_finite=False)  # the check is what refuses them
 
 
 def test_unknown_model_type_lists_supported(tiny_ckpt):

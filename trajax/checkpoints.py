@@ -321,10 +321,11 @@ def _build(fam, cfg, weights, dtype, sharding_fn, check_finite):
   for p in plan:
     def read(index=None, p=p):
       a = p.read(weights, index)
-      if check_finite and a.dtype.kind == "f" and not np.isfinite(a.astype(np.float32)).all():
+      # np.isfinite takes float16/32/64 and ml_dtypes' bfloat16 as they are: no float32 copy.
+      if check_finite and not np.isfinite(a).all():
         raise ValueError(f"{weights.source(p.hf_keys[0])}: tensor {p.hf_keys[0]!r} (or a layer "
                          f"of it) contains NaN or Inf")
-      return np.ascontiguousarray(a.astype(np_dtype))
+      return np.ascontiguousarray(a.astype(np_dtype, copy=False))
     sharding = sharding_fn(p.logical_axes, p.shape) if sharding_fn else None
     if sharding is None:
       values[p.path] = jnp.asarray(read())
