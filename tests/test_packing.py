@@ -46,3 +46,41 @@ def test_packed_logprobs_equal_each_sequence_alone(tmp_path, family):
     alone = trajax.token_logprobs(model, np.asarray([seq]))[0]
     np.testing.assert_array_equal(np.isnan(lp), np.isnan(alone))  # NaN at each start
     np.testing.assert_allclose(lp, alone, atol=2e-5)
+
+
+LONG = {  # contexts longer than the CPU attention block
+    "opt": lambda: hf_opt(0, max_position_embeddings=512),
+    "opt_post_ln": lambda: hf_opt(0, do_layer_norm_before=False, word_embed_proj_dim=8,
+                                  max_position_embeddings=512),
+    "gpt_neo": lambda: hf_neo(0, window_size=5, max_position_embeddings=512),
+    "gpt_neox": lambda: hf_neox(0, rotary_pct=0.25, max_position_embeddings=512),
+}
+
+
+@pytest.mark.parametrize("family", sorted(LONG))
+def test_library_attention_path_equals_the_cpu_kernel(tmp_path, family):
+  """`set_attention_implementation(model, "xla")` makes the very call the cuDNN path makes
+  (mask + is_causal, `jax.nn.dot_product_attention`), only with XLA's kernel; on rows longer
+  than the CPU block (the default there is the blockwise causal flash) both agree, for
+  right- and left-padded rows and for packed rows."""
+  from trajax.models import layers, set_attention_implementation
+  ref = LONG[family]()
+  ref.save_pretrained(tmp_path)
+  model = trajax.load_hf(tmp_path)
+  t = layers.ATTENTION_QUERY_BLOCK + 37
+  rng = np.random.RandomState(1)
+  tokens_bt = rng.randint(1, ref.config.vocab_size, size=(3, t))
+  mask_bt = np.ones((3, t), bool)
+  mask_bt[1, 200:] = False  # right padding
+  mask_bt[2, :90] = False  # left padding
+  segments_bt = np.zeros((2, t), np.int32)
+  segments_bt[0, :100], segments_bt[0, 100:250], segments_bt[0, 250:t - 3] = 1, 2, 3
+  segments_bt[1, :t] = 1
+  default = trajax.Scorer(model)
+  want_padded = default(tokens_bt, mask_bt)
+  want_packed = default(tokens_bt[:2], segment_ids_bt=segments_bt)
+  assert set_attention_implementation(model, "xla") > 0
+  library = trajax.Scorer(model)
+  np.testing.assert_allclose(library(tokens_bt, mask_bt), want_padded, atol=2e-5)
+  np.testing.assert_allclose(library(tokens_bt[:2], segment_ids_bt=segments_bt), want_packed,
+                             atol=2e-5)

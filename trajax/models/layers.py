@@ -263,7 +263,10 @@ def attention(q_bthd, k_bshd, v_bshd, mask_b1ts, implementation: str | None = No
       block. About half the work of full attention and O(block^2) score
       memory (`causal_flash`).
     * otherwise: blocks of `query_block` queries, each against every key.
-  `"cudnn"` or `"xla"` go to `jax.nn.dot_product_attention` unchanged.
+  `"cudnn"` or `"xla"` go to `jax.nn.dot_product_attention` with the mask; without
+  a cache (`causal_segments_bt` given) also with `is_causal=True`, which changes
+  nothing in the result (the mask is already causal) but lets cuDNN skip the
+  blocks above the diagonal instead of computing them under a -inf bias.
 
   Rows whose keys are all masked (padding queries) give finite garbage that
   the caller masks; they never produce NaN.
@@ -273,6 +276,7 @@ def attention(q_bthd, k_bshd, v_bshd, mask_b1ts, implementation: str | None = No
   blockwise = implementation is None and jax.default_backend() == "cpu" and t > query_block
   if not blockwise:
     return jax.nn.dot_product_attention(q_bthd, k_bshd, v_bshd, mask=mask_b1ts, scale=1.0,
+                                        is_causal=causal_segments_bt is not None,
                                         implementation=implementation)
   if causal_segments_bt is not None:
     return causal_flash(q_bthd, k_bshd, v_bshd, causal_segments_bt, query_block)
