@@ -323,22 +323,11 @@ class GPTNeoForCausalLM(L.CausalLM):
     else:
       self.lm_head = None
 
-  def hidden_states(self, tokens_bt, mask_bt=None, segment_ids_bt=None):
-    """Final hidden states [batch, length, hidden] for a padded or packed batch.
-
-    Args:
-      tokens_bt: [batch, length] ids.
-      mask_bt: [batch, length] bool, True for real tokens.
-      segment_ids_bt: instead of a mask, packed rows (`trajax.packing`): one id per
-        sequence, 0 for padding; sequences attend only to themselves and their
-        positions restart at 0.
-    """
+  def layer_stack(self, tokens_bt, positions_bt, mask_b1ts, segment_ids_bt):
+    """The transformer without a cache: hidden states [batch, length, hidden]."""
+    del segment_ids_bt  # in `mask_b1ts`; local layers also need query - key distances
     slots = jnp.arange(tokens_bt.shape[1])
-    segment_ids_bt, positions_bt = self.segments_and_positions(tokens_bt, mask_bt,
-                                                               segment_ids_bt)
-    attn_mask = L.segment_mask(segment_ids_bt)
-    h, _ = self.transformer(tokens_bt, positions_bt, attn_mask,
-                            slots[:, None] - slots[None, :])
+    h, _ = self.transformer(tokens_bt, positions_bt, mask_b1ts, slots[:, None] - slots[None, :])
     return h
 
   def head_matrix(self):

@@ -289,20 +289,10 @@ class GPTNeoXForCausalLM(L.CausalLM):
     else:
       self.embed_out = None
 
-  def hidden_states(self, tokens_bt, mask_bt=None, segment_ids_bt=None):
-    """Final hidden states [batch, length, hidden] for a padded or packed batch.
-
-    Args:
-      tokens_bt: [batch, length] ids.
-      mask_bt: [batch, length] bool, True for real tokens.
-      segment_ids_bt: instead of a mask, packed rows (`trajax.packing`): one id per
-        sequence, 0 for padding; sequences attend only to themselves and their
-        positions restart at 0.
-    """
-    segment_ids_bt, positions_bt = self.segments_and_positions(tokens_bt, mask_bt,
-                                                               segment_ids_bt)
-    attn_mask = L.segment_mask(segment_ids_bt)
-    h, _ = self.gpt_neox(tokens_bt, positions_bt, attn_mask)
+  def layer_stack(self, tokens_bt, positions_bt, mask_b1ts, segment_ids_bt):
+    """The model without a cache: hidden states [batch, length, hidden]."""
+    del segment_ids_bt  # in `mask_b1ts`
+    h, _ = self.gpt_neox(tokens_bt, positions_bt, mask_b1ts)
     return h
 
   def head_matrix(self):

@@ -75,8 +75,9 @@ def write_cache(kv_cache, k_bthd, v_bthd, cache_index):
 
 
 class CausalLM(nnx.Module):
-  """What every family's *ForCausalLM shares; a family defines `hidden_states`,
-  `head_matrix` and `cache_dims` (layers, heads, head_dim); OPT overrides `positions`."""
+  """What every family's *ForCausalLM shares; a family defines `layer_stack` (its
+  embeddings, layers and final norm without a cache), `head_matrix` and `cache_dims`
+  (layers, heads, head_dim); OPT overrides `positions`."""
 
   # Position given to padding: HF OPT uses -1 (its table has a row for it), others 0.
   PAD_POSITION = 0
@@ -98,6 +99,21 @@ class CausalLM(nnx.Module):
       return mask_bt.astype(jnp.int32), self.positions(mask_bt)
     positions_bt = segment_positions(segment_ids_bt)
     return segment_ids_bt, jnp.where(positions_bt < 0, self.PAD_POSITION, positions_bt)
+
+  def hidden_states(self, tokens_bt, mask_bt=None, segment_ids_bt=None):
+    """Final hidden states [batch, length, hidden] of a padded or packed batch.
+
+    Args:
+      tokens_bt: [batch, length] ids.
+      mask_bt: [batch, length] bool, True for real tokens (left or right padding).
+      segment_ids_bt: instead of a mask, packed rows: [batch, length] int, one id
+        per sequence (1, 2, ...), 0 for padding; each sequence attends only to
+        itself and its positions restart at 0 (`trajax.packing`).
+    """
+    segment_ids_bt, positions_bt = self.segments_and_positions(tokens_bt, mask_bt,
+                                                               segment_ids_bt)
+    return self.layer_stack(tokens_bt, positions_bt, segment_mask(segment_ids_bt),
+                            segment_ids_bt)
 
   def __call__(self, tokens_bt, mask_bt=None):
     """Full logits [batch, length, vocab] in float32 (tests and training only)."""

@@ -274,20 +274,9 @@ class OPTForCausalLM(L.CausalLM):
     mask = mask_bt.astype(jnp.int32)
     return jnp.cumsum(mask, axis=1) * mask - 1
 
-  def hidden_states(self, tokens_bt, mask_bt=None, segment_ids_bt=None):
-    """Final hidden states [batch, length, word_embed_proj_dim].
-
-    Args:
-      tokens_bt: [batch, length] ids.
-      mask_bt: [batch, length] bool, True for real tokens (left or right padding).
-      segment_ids_bt: instead of a mask, packed rows: [batch, length] int, one id
-        per sequence (1, 2, ...), 0 for padding; each sequence attends only to
-        itself and its positions restart at 0 (`trajax.packing`).
-    """
-    segment_ids_bt, positions_bt = self.segments_and_positions(tokens_bt, mask_bt,
-                                                               segment_ids_bt)
-    h, _ = self.model.decoder(tokens_bt, positions_bt, L.segment_mask(segment_ids_bt),
-                              segments_bt=segment_ids_bt)
+  def layer_stack(self, tokens_bt, positions_bt, mask_b1ts, segment_ids_bt):
+    """The decoder without a cache: hidden states [batch, length, word_embed_proj_dim]."""
+    h, _ = self.model.decoder(tokens_bt, positions_bt, mask_b1ts, segments_bt=segment_ids_bt)
     return h
 
   def head_matrix(self):
