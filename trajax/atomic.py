@@ -8,6 +8,11 @@ leaves the previous file intact (and at worst a `.tmp-` file that the next
 write of the same target does not read). A write that fails (a full disk, a
 quota, a file-size limit) removes its temporary file and raises `DiskFull`,
 naming the file and saying that what was written before is intact.
+
+Every temporary name trajax makes matches `is_temporary`: `.{name}.tmp-{pid}`
+here, `.{name}.tmp-{pid}-{hex}[.old]` for converted checkpoint directories, and
+tensorstore's own `{chunk}.__lock`. `trajax.workdir.claim` removes what a
+killed run left of them, and nothing else.
 """
 from __future__ import annotations
 
@@ -18,9 +23,25 @@ import os
 import re
 from typing import Iterator
 
+from trajax import faults
+
 # errno values that mean "no room to write": a full disk, a quota, a file-size limit.
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _TS_OS_ERROR = re.compile(r"os_error_code='(\d+)'")
+# Temporary names: ours (`.{name}.tmp-{pid}`, `.{name}.tmp-{pid}-{hex}` and its `.old`)
+# and tensorstore's file driver (`{key}.__lock`, written then renamed onto `key`).
+_TEMPORARY = re.compile(r"^\..+\.tmp-\d+(-[0-9a-f]+)?(\.old)?$|^.+\.__lock$")
+
+
+def temporary_name(path: str, tag: str = "") -> str:
+  """The temporary sibling of `path` that this process writes before renaming."""
+  base = f".{os.path.basename(path)}.tmp-{os.getpid()}" + (f"-{tag}" if tag else "")
+  return os.path.join(os.path.dirname(os.path.abspath(path)), base)
+
+
+def is_temporary(name: str) -> bool:
+  """Whether the file name `name` is one of trajax's (or tensorstore's) temporary names."""
+  return bool(_TEMPORARY.match(name))
 
 
 class DiskFull(OSError):
@@ -73,7 +94,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iter
     raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
   path = os.fspath(path)
   directory = os.path.dirname(os.path.abspath(path))
-  tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+  tmp = temporary_name(path)
   if mode == "w":
     open_kwargs.setdefault("encoding", "utf-8")
   try:
@@ -81,6 +102,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iter
     with open(tmp, mode, **open_kwargs) as f:
       yield f
       f.flush()
+      faults.point(f"atomic:{path}")  # the temporary file is complete, not yet renamed
       os.fsync(f.fileno())
     os.replace(tmp, path)
   except BaseException as e:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -33,7 +34,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
-from trajax import atomic, checkpoints, trajectory
+from trajax import atomic, checkpoints, faults, trajectory, workdir
 
 FORMAT_VERSION = 1
 MARKER = "trajax_orbax.json"
@@ -104,6 +105,10 @@ def convert(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype=None,
   hf_dir, out_dir = os.fspath(hf_dir), os.path.abspath(os.fspath(out_dir))
   if os.path.realpath(hf_dir) == os.path.realpath(out_dir):
     raise ValueError(f"{out_dir}: the output directory is the HF checkpoint itself")
+  removed = sweep_conversion_residue(out_dir)
+  if removed:
+    logging.info("%s: removed %d temporary director(ies) left by a killed conversion", out_dir,
+                 removed)
   if os.path.lexists(out_dir):
     if not overwrite:
       raise FileExistsError(f"{out_dir}: already exists; pass overwrite=True (--overwrite) to "
@@ -125,7 +130,7 @@ def convert(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype=None,
 
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
-  tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{uuid.uuid4().hex[:12]}")
+  tmp = atomic.temporary_name(out_dir, uuid.uuid4().hex[:12])
   try:
     os.mkdir(tmp)
     ocp.PyTreeCheckpointer(use_compression=compress).save(os.path.join(tmp, STATE_DIR),
@@ -135,9 +140,11 @@ def convert(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype=None,
         shutil.copyfile(os.path.join(hf_dir, name), os.path.join(tmp, name))
     # The marker goes last: a directory with a marker is a complete checkpoint.
     atomic.write_json(os.path.join(tmp, MARKER), marker)
+    faults.point(f"convert.complete:{out_dir}")  # a whole checkpoint, under its temporary name
     if os.path.lexists(out_dir):  # overwrite: move the old one aside, then drop it
       old = f"{tmp}.old"
       os.replace(out_dir, old)
+      faults.point(f"convert.swap:{out_dir}")  # old moved aside, new not yet in place
       os.replace(tmp, out_dir)
       shutil.rmtree(old)
     else:
@@ -150,6 +157,43 @@ def convert(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype=None,
     if os.path.lexists(tmp):
       shutil.rmtree(tmp, ignore_errors=True)
   return marker
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # alive, someone else's
+    return True
+  return True
+
+
+def sweep_conversion_residue(out_dir: str) -> int:
+  """Removes the temporaries of earlier conversions to `out_dir` whose process is dead.
+
+  A conversion writes `.{name}.tmp-{pid}-{hex}` beside `out_dir` (and, when
+  overwriting, moves the old checkpoint to that name plus `.old`). A dead
+  converter's temporary is removed; an `.old` whose replacement never arrived is
+  put back as `out_dir`. Temporaries of a live converter are left alone.
+  Returns how many were removed or restored.
+  """
+  parent, base = os.path.split(out_dir)
+  if not os.path.isdir(parent):
+    return 0
+  pattern = re.compile(rf"^\.{re.escape(base)}\.tmp-(\d+)-[0-9a-f]+(\.old)?$")
+  removed = 0
+  for name in sorted(os.listdir(parent)):
+    m = pattern.match(name)
+    if m is None or _pid_alive(int(m.group(1))):
+      continue
+    path = os.path.join(parent, name)
+    if m.group(2) and not os.path.lexists(out_dir):
+      os.replace(path, out_dir)
+    else:
+      shutil.rmtree(path, ignore_errors=True)
+    removed += 1
+  return removed
 
 
 def _flat_dotted(tree, prefix: str = "") -> dict:
@@ -262,6 +306,11 @@ def convert_trajectory(manifest: str, out_root: str, dtype=None, overwrite: bool
     The path of the new manifest, `out_root/trajectory.json`.
   """
   traj = trajectory.load(manifest, allow_outside_root=allow_outside_root)
+  with workdir.claim(out_root):  # one conversion per out_root; sweeps a killed one's residue
+    return _convert_trajectory(traj, out_root, dtype, overwrite, sharding_fn, compress)
+
+
+def _convert_trajectory(traj, out_root, dtype, overwrite, sharding_fn, compress) -> str:
   left = sum(len(m.checkpoints) for m in traj.models)
   t_start, written, done = time.perf_counter(), 0, 0
   models = []

@@ -22,7 +22,7 @@ import os
 import numpy as np
 import tensorstore as ts
 
-from trajax import atomic
+from trajax import atomic, faults
 
 PENDING, DONE, FAILED = 0, 1, 2
 # Largest chunk of a logprobs row, in float32 values (64 MiB).
@@ -115,7 +115,9 @@ class ModelRows:
       raise ValueError(f"{self.name}: row has {row.shape[0]} values, store expects "
                        f"{self.logprobs.shape[1]}")
     self._write(self.logprobs, index, row)
+    faults.point(f"store.row:{self.name}:{index}")  # row on disk, flag not yet
     self._write(self.done, index, np.int8(DONE))
+    faults.point(f"store.done:{self.name}:{index}")
 
   def mark_failed(self, index: int) -> None:
     self._write(self.done, index, np.int8(FAILED))
@@ -244,11 +246,13 @@ class StoreReader:
   def logprobs(self, model: str, done_only: bool = True) -> np.ndarray:
     """[checkpoint, rows * block_len] float32 (rows of unfinished checkpoints dropped).
 
-    Token index k is block row k // block_len, position k % block_len.
+    Token index k is block row k // block_len, position k % block_len. Safe while a
+    sweep is writing: the done flags are read before the rows, and a writer sets a
+    flag only after its row is on disk, so every row returned is complete.
     """
-    self.meta(model)
+    done = self.status(model) == DONE  # flags first (see above)
     lp = _zarr(os.path.join(self.root, model, "logprobs"), "", 0, 0, 0, False).read().result()
-    return lp[self.status(model) == DONE] if done_only else lp
+    return lp[done] if done_only else lp
 
   def done_steps(self, model: str) -> np.ndarray:
     return self.steps(model)[self.status(model) == DONE]

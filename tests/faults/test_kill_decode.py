@@ -2,18 +2,14 @@
 
 The stage writes generations_{N}.jsonl, then generated_ppl_{N}.csv once per
 checkpoint, then corrupted_ppl.csv, figures and an example table; every file
-is replaced atomically. Kills land while generating, between and during the
-per-checkpoint CSV writes, and while plotting.
+is replaced atomically. Kills land (at seeded points a traced clean run
+reached) inside the atomic write of every kind of output; the resumed workdir
+holds the clean run's files byte for byte and no temporary file.
 """
-import os
-import signal
-import subprocess
 import sys
-import time
-
-import numpy as np
 
 from conftest import OPT_TOKENIZER, ROOT, write_manifest
+import killpoints
 
 SEED = 20261124
 NEW_TOKENS = 12
@@ -41,43 +37,16 @@ def _cmd(tmp_path, tiny_ckpt):
           "--config.corrupted.max_length=24", "--config.corrupted.fractions=(0.2, 1.0)"]
 
 
-def _progress(out) -> int:
-  """How far a run got: 0 nothing, 1 texts, 2+k k checkpoints scored, 9 corrupted texts."""
-  if (out / "corrupted_ppl.csv").exists():
-    return 9
-  ppl = out / f"generated_ppl_{NEW_TOKENS}.csv"
-  if ppl.exists():
-    return 1 + len({tuple(line.split(",")[:2]) for line in ppl.read_text().splitlines()[1:]})
-  return int((out / f"generations_{NEW_TOKENS}.jsonl").exists())
-
-
 def test_sigkill_during_decoding_then_resume_equals_clean_run(tmp_path, tiny_ckpt):
   cmd = _cmd(tmp_path, tiny_ckpt)
-  clean = tmp_path / "clean"
-  run = subprocess.run(cmd + [f"--workdir={clean}"], capture_output=True, text=True, timeout=600)
-  assert run.returncode == 0, run.stderr[-3000:]
-  out = tmp_path / "killed"
-  rng = np.random.default_rng(SEED)
-  cases = []
-  for _ in range(4):
-    target = min(_progress(out) + int(rng.integers(0, 3)), 9)
-    delay = float(rng.uniform(0.0, 0.8))
-    proc = subprocess.Popen(cmd + [f"--workdir={out}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while _progress(out) < target and proc.poll() is None and time.time() < deadline:
-      time.sleep(0.01)
-    time.sleep(delay)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    cases.append((target, round(delay, 2), proc.returncode, _progress(out)))
-  final = subprocess.run(cmd + [f"--workdir={out}"], capture_output=True, text=True, timeout=600)
-  assert final.returncode == 0, final.stderr[-3000:]
-  print(f"\ndecode fault cases (progress target, delay s, exit code, progress at kill): {cases}")
-  # The run was killed at least once before it had finished.
-  assert any(code == -signal.SIGKILL and got < 9 for _, _, code, got in cases)
-  for name in (f"generations_{NEW_TOKENS}.jsonl", f"generated_ppl_{NEW_TOKENS}.csv",
-               "corrupted_ppl.csv", f"examples_{NEW_TOKENS}.md"):
-    assert (out / name).read_bytes() == (clean / name).read_bytes(), name
-  assert sorted(p.name for p in out.glob("*.png")) == sorted(p.name for p in clean.glob("*.png"))
-  assert not [f for f in os.listdir(out) if ".tmp-" in f]
+  clean, out = tmp_path / "clean", tmp_path / "killed"
+  points = killpoints.traced_run(cmd + [f"--workdir={clean}"], tmp_path / "trace.txt")
+  # Inside the writes of the generations (JSONL), the per-checkpoint PPL (CSV), the
+  # corrupted-text PPL, the example table and a figure.
+  kills = killpoints.choose(killpoints.retarget(points, clean, out), SEED,
+                            required=("atomic:*/generations_*.jsonl", "atomic:*/generated_ppl_*.csv",
+                                      "atomic:*/corrupted_ppl.csv", "atomic:*/examples_*.md",
+                                      "atomic:*.png"), extra=0)
+  cases = killpoints.kill_then_resume(cmd + [f"--workdir={out}"], kills)
+  print(f"\ndecode fault cases (kill point, exit code): {cases}")
+  killpoints.assert_same_tree(out, clean)

@@ -1,15 +1,16 @@
-"""SIGKILL the ICL stage mid-run: the rerun's results.csv equals an uninterrupted run's."""
-import os
-import signal
-import subprocess
-import sys
-import time
+"""SIGKILL the ICL stage at seeded points it reaches; the rerun equals an uninterrupted run.
 
-import numpy as np
+Kill points include the atomic writes of every kind of ICL output (per-checkpoint
+option scores, results.csv, figures); the resumed workdir holds the clean run's
+files byte for byte and no temporary file.
+"""
+import sys
+
 import pytest
 
 from trajax import workdir
 from conftest import OPT_TOKENIZER, ROOT, SHARED_DATA, write_manifest
+import killpoints
 
 SEED = 7
 TASKS = ("human_organs_senses", "what_is_the_tao", "cause_and_effect")
@@ -32,33 +33,15 @@ def _setup(tmp_path, tiny_ckpt):
 
 def test_sigkill_during_icl_then_resume_equals_clean_run(tmp_path, tiny_ckpt):
   cmd = _setup(tmp_path, tiny_ckpt)
-  clean = subprocess.run(cmd + [f"--workdir={tmp_path / 'clean'}"], capture_output=True,
-                         text=True, timeout=600)
-  assert clean.returncode == 0, clean.stderr[-3000:]
-  out = tmp_path / "killed"
-  rng = np.random.default_rng(SEED)
-  cases = []
-  options_dir = out / "icl" / "options" / "m"
-  for _ in range(3):
-    done_before = len(os.listdir(options_dir)) if options_dir.exists() else 0
-    target = done_before + int(rng.integers(0, 2))
-    proc = subprocess.Popen(cmd + [f"--workdir={out}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while proc.poll() is None and time.time() < deadline and (
-        (len(os.listdir(options_dir)) if options_dir.exists() else 0) < target):
-      time.sleep(0.02)
-    time.sleep(float(rng.uniform(0.0, 1.0)))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    cases.append((target, proc.returncode))
-  final = subprocess.run(cmd + [f"--workdir={out}"], capture_output=True, text=True, timeout=600)
-  assert final.returncode == 0, final.stderr[-3000:]
-  print(f"\nICL fault cases (checkpoints done target, exit code): {cases}")
-  want = (tmp_path / "clean" / "icl" / "results.csv").read_text()
-  got = (out / "icl" / "results.csv").read_text()
-  assert sorted(got.splitlines()) == sorted(want.splitlines())
-  assert not [f for f in os.listdir(out / "icl") if ".tmp" in f]  # no temp file promoted
+  clean, out = tmp_path / "clean", tmp_path / "killed"
+  points = killpoints.traced_run(cmd + [f"--workdir={clean}"], tmp_path / "trace.txt")
+  # Inside the writes of a checkpoint's option scores, of results.csv and of a figure.
+  kills = killpoints.choose(killpoints.retarget(points, clean, out), SEED,
+                            required=("atomic:*/icl/options/m/*", "atomic:*/icl/results.csv",
+                                      "atomic:*/icl/*.png"), extra=1)
+  cases = killpoints.kill_then_resume(cmd + [f"--workdir={out}"], kills)
+  print(f"\nICL fault cases (kill point, exit code): {cases}")
+  killpoints.assert_same_tree(out, clean)
 
 
 def test_second_icl_run_on_a_workdir_is_refused(tmp_path, tiny_ckpt):

@@ -16,6 +16,7 @@ import time
 from absl import logging
 
 from trajax import report, sweep
+from trajax import workdir as workdir_lib
 from trajax.analysis import generation, icl_study, token_study
 from trajax.toy import findings, train
 
@@ -46,8 +47,16 @@ def wire(config, workdir: str, manifest: str) -> None:
 
 
 def run(config, workdir: str) -> str:
-  """Runs the whole study into `workdir`; returns the report's path."""
-  os.makedirs(workdir, exist_ok=True)
+  """Runs the whole study into `workdir`; returns the report's path.
+
+  The study holds `workdir` for its whole run (each stage nests in that claim), so
+  a second study on it is refused and what a killed study left is swept first.
+  """
+  with workdir_lib.claim(workdir, stages_nest=True):
+    return _run_claimed(config, workdir)
+
+
+def _run_claimed(config, workdir: str) -> str:
   t0 = time.perf_counter()
   manifest = _stage("train", lambda: train.train_family(config, workdir))
   wire(config, workdir, manifest)
