@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import glob
 import os
+import re
 import signal
 import subprocess
 
@@ -56,7 +57,9 @@ def kill_then_resume(cmd: list[str], kills: list[str]) -> list[tuple[str, int]]:
   """Runs `cmd` once per kill point (each must die there), then once to the end."""
   cases = []
   for name in kills:
-    proc = run(cmd, {faults.ENV: faults.spec("kill", glob.escape(name))})
+    # A temporary name holds the writer's pid (and a random tag): match any.
+    pattern = re.sub(r"\.tmp-\d+(-[0-9a-f]+)?", ".tmp-*", glob.escape(name))
+    proc = run(cmd, {faults.ENV: faults.spec("kill", pattern)})
     cases.append((name, proc.returncode))
     assert proc.returncode == -signal.SIGKILL, (name, proc.returncode, proc.stderr[-3000:])
   final = run(cmd)

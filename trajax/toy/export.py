@@ -7,9 +7,9 @@ transposed back to torch's [out, in]. The directory holds `config.json` and
 `transformers.OPTForCausalLM.from_pretrained(dir)` and `trajax.load_hf(dir)`
 read it.
 
-The directory is written as `<out_dir>.tmp` and renamed into place, so a run
-killed mid-export never leaves a directory under the final name: a checkpoint
-directory that exists is complete.
+The directory is written under a temporary name (`trajax.atomic.temporary_name`)
+and renamed into place, so a run killed mid-export never leaves a directory under
+the final name: a checkpoint directory that exists is complete.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import shutil
 import numpy as np
 from flax import nnx
 
-from trajax import models, safetensors_io
+from trajax import atomic, models, safetensors_io
 
 # Tokenizer files an HF tokenizer directory may hold (whichever exist are copied).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -66,9 +66,8 @@ def save_hf_checkpoint(model, out_dir: str | os.PathLike,
     out_dir as a string.
   """
   out_dir = os.fspath(out_dir).rstrip(os.sep)
-  tmp = out_dir + ".tmp"
-  if os.path.exists(tmp):  # left by a killed run
-    shutil.rmtree(tmp)
+  tmp = atomic.temporary_name(out_dir)  # a killed run's is swept by the study's claim
+  shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
   hf_config = dict(model.config.to_hf_config(), torch_dtype="float32", dtype="float32")
   with open(os.path.join(tmp, "config.json"), "w") as f:
@@ -84,7 +83,7 @@ def save_hf_checkpoint(model, out_dir: str | os.PathLike,
     for name in found:
       shutil.copyfile(os.path.join(tokenizer_dir, name), os.path.join(tmp, name))
   if os.path.exists(out_dir):
-    old = out_dir + ".old"
+    old = tmp + ".old"
     shutil.rmtree(old, ignore_errors=True)
     os.replace(out_dir, old)
     os.replace(tmp, out_dir)

@@ -139,7 +139,7 @@ def prepare_data(config, workdir: str) -> dict[str, Any]:
 
   tok_dir = os.path.join(workdir, "tokenizer")
   if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
-    tmp = tok_dir + ".tmp"
+    tmp = atomic.temporary_name(tok_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     corpus.train_tokenizer(splits["train"], w.vocab_size, tmp)
     shutil.rmtree(tok_dir, ignore_errors=True)
