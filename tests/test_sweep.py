@@ -157,10 +157,10 @@ def test_second_run_on_a_workdir_is_refused_until_holder_dies(tmp_path, tiny_ckp
   config, _ = _setup(tmp_path, tiny_ckpt)
   out = tmp_path / "locked"
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
+      [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
        "from trajax import workdir; cm = workdir.claim(sys.argv[2]); cm.__enter__();"
-       "print('held', flush=True); time.sleep(600)", str(ROOT), str(out)],
-      stdout=subprocess.PIPE, text=True)
+       "print('held', flush=True); sys.stdin.read()", str(ROOT), str(out)],
+      stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
   try:
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(workdir.WorkdirBusy, match=rf"in use by another trajax run \(pid "

@@ -54,7 +54,9 @@ def test_sigkill_during_conversion_then_resume_equals_clean_run(tmp_path, tiny_c
                                        [next(p for p in swap if p.startswith("convert.swap:"))])
   print(f"\nconvert fault cases (kill point, exit code): {cases}")
   assert not killpoints.temporaries(out)
-  got, want = killpoints.tree(out), killpoints.tree(clean)
+  # Orbax names its OCDBT data files at random: compare those through the restored weights.
+  got, want = (killpoints.tree(d, ignore=("*/state/d/*", "*/state/ocdbt.process_0/d/*"))
+               for d in (out, clean))
   assert sorted(got) == sorted(want)
   assert got["trajectory.json"] == want["trajectory.json"]
   for step in (10, 20, 30, 40):  # every converted checkpoint restores to the clean one's weights
