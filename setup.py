@@ -4,7 +4,8 @@ import setuptools
 setuptools.setup(
     name="trajax",
     version="0.1.0",
-    description="Score every checkpoint of a pre-training trajectory and analyse it (Xia et al. 2023).",
+    description=
+    "Score every checkpoint of a pre-training trajectory and analyse it (Xia et al. 2023).",
     packages=setuptools.find_packages(include=["trajax", "trajax.*"]),
     python_requires=">=3.10",
     install_requires=[
@@ -26,6 +27,8 @@ setuptools.setup(
     ],
     extras_require={
         # torch is the parity reference; 2.13.0 is the CPU wheel on the dev/CI disk.
-        "test": ["torch==2.13.0", "pytest>=8", "statsmodels>=0.14", "hypothesis>=6.100"],
+        "test": [
+            "torch==2.13.0", "pytest>=8", "statsmodels>=0.14", "hypothesis>=6.100", "yapf==0.43.0"
+        ],
     },
 )

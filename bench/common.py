@@ -7,14 +7,18 @@ import os
 # OPT shapes (Zhang et al. 2022, Table 1) and two small ones for quick CPU runs.
 SHAPES = {
     "mem": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "ffn_dim": 256},
-    "small": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
-              "ffn_dim": 1024},
-    "125m": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-             "ffn_dim": 3072},
-    "1.3b": {"hidden_size": 2048, "num_hidden_layers": 24, "num_attention_heads": 32,
-             "ffn_dim": 8192},
-    "6.7b": {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
-             "ffn_dim": 16384},
+    "small": {
+        "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "ffn_dim": 1024
+    },
+    "125m": {
+        "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "ffn_dim": 3072
+    },
+    "1.3b": {
+        "hidden_size": 2048, "num_hidden_layers": 24, "num_attention_heads": 32, "ffn_dim": 8192
+    },
+    "6.7b": {
+        "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "ffn_dim": 16384
+    },
 }
 
 
@@ -80,7 +84,6 @@ class Evictor:
   root and leaves the rest of a shared machine's cache alone. Only if pages stay
   resident is `/proc/sys/vm/drop_caches` tried (root; drops every cache).
   """
-
   def __init__(self):
     self.method, self.problems = None, []
 

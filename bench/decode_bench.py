@@ -43,8 +43,10 @@ GPU_SHAPES = (dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12
 CPU_SHAPES = (dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, ffn_dim=1024),
               dict(hidden_size=1024, num_hidden_layers=8, num_attention_heads=16, ffn_dim=4096))
 # HBM bandwidth (bytes/s) by device kind, for the weight-read roof.
-BANDWIDTH = {"H100 80GB HBM3": 3.35e12, "H100 PCIe": 2.0e12, "H100": 3.35e12, "H200": 4.8e12,
-             "A100-SXM4-80GB": 2.04e12, "A100": 1.6e12}
+BANDWIDTH = {
+    "H100 80GB HBM3": 3.35e12, "H100 PCIe": 2.0e12, "H100": 3.35e12, "H200": 4.8e12,
+    "A100-SXM4-80GB": 2.04e12, "A100": 1.6e12
+}
 
 
 def hf_config(shape):
@@ -126,8 +128,8 @@ def main(argv):
     ts, tl, js, jl, same = build(shapes, cpu_small, tmp)
   dev = jax.devices()[0]
   sync = torch.cuda.synchronize if not cpu_small else (lambda: None)
-  roof_bw = None if cpu_small else next((v for k, v in BANDWIDTH.items() if k in dev.device_kind),
-                                        None)
+  roof_bw = None if cpu_small else next(
+      (v for k, v in BANDWIDTH.items() if k in dev.device_kind), None)
   wbytes = weight_bytes(js) + weight_bytes(jl)
   print(f"device: {dev.device_kind} ({dev.platform}); small {shapes[0]} large {shapes[1]}; "
         f"vocab 50272; {'float32' if cpu_small else 'bfloat16'}; weights "
@@ -140,8 +142,9 @@ def main(argv):
     ids = rng.randint(4, 50265, size=(b, _PROMPT.value + 1)).astype(np.int32)
     ids[:, 0] = 2
     print(f"batch {b}: trajax ...", flush=True)
-    t_j, g = timed(lambda: decoding.generate(js, jl, ids, max_new_tokens=n, lambdas="ps-pl",
-                                             stop_at_eos=False), _REPEATS.value)
+    t_j, g = timed(
+        lambda: decoding.generate(js, jl, ids, max_new_tokens=n, lambdas="ps-pl", stop_at_eos=False
+                                 ), _REPEATS.value)
     ids_t = torch.tensor(ids, dtype=torch.long, device="cpu" if cpu_small else "cuda")
     print(f"batch {b}: torch ...", flush=True)
     t_t, tt = timed(lambda: torch_decode(ts, tl, ids_t, n), _REPEATS.value, sync)

@@ -69,8 +69,9 @@ def harness_scores(model, requests, batch_size: int, device: str) -> np.ndarray:
       inps = [torch.tensor(requests[i].tokens[:-1], dtype=torch.long) for i in rows]
       longest = max(len(x) for x in inps)
       batch = torch.stack([F.pad(x, (0, longest - len(x)), value=1) for x in inps]).to(device)
-      mask = torch.stack([F.pad(torch.ones(len(x), dtype=torch.long), (0, longest - len(x)))
-                          for x in inps]).to(device)
+      mask = torch.stack([
+          F.pad(torch.ones(len(x), dtype=torch.long), (0, longest - len(x))) for x in inps
+      ]).to(device)
       logits = model(input_ids=batch, attention_mask=mask if batch_size > 1 else None).logits
       logp = F.log_softmax(logits.float(), dim=-1)
       for j, i in enumerate(rows):
@@ -113,8 +114,9 @@ def main():
   t_tok = time.perf_counter() - t0
   n = len(reqs)
   real_tokens = sum(len(r.tokens) for r in reqs)
-  print(f"{args.task}: {len(prompts)} examples, {n} options, {real_tokens} tokens "
-        f"(mean {real_tokens / n:.0f}/option); prompts+tokenisation {t_tok:.2f}s", flush=True)
+  print(
+      f"{args.task}: {len(prompts)} examples, {n} options, {real_tokens} tokens "
+      f"(mean {real_tokens / n:.0f}/option); prompts+tokenisation {t_tok:.2f}s", flush=True)
 
   scorer = Scorer(trajax.load_hf(tmp))
   results = []
@@ -141,11 +143,14 @@ def main():
   ref_s = next(dt for name, dt, _ in results if "harness" in name)
   cpu = platform.processor() or platform.machine()
   print()
-  print(f"ICL option scoring, {args.task} 2-shot, {len(prompts)} examples / {n} options / "
-        f"{real_tokens} tokens; random OPT hidden {args.hidden}, {args.layers} layers, vocab 50272, "
-        f"float32")
-  print(f"{datetime.date.today().isoformat()}, {platform.node()} ({cpu}, {os.cpu_count()} cores), "
-        f"JAX {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} on {device}")
+  print(
+      f"ICL option scoring, {args.task} 2-shot, {len(prompts)} examples / {n} options / "
+      f"{real_tokens} tokens; random OPT hidden {args.hidden}, {args.layers} layers, vocab 50272, "
+      f"float32")
+  print(
+      f"{datetime.date.today().isoformat()}, {platform.node()} ({cpu}, {os.cpu_count()} cores), "
+      f"JAX {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} on {device}"
+  )
   print()
   print("| scorer | seconds | options/s | speed vs HF batch 1 | max abs Δ log-prob vs trajax |")
   print("|---|---:|---:|---:|---:|")

@@ -108,9 +108,9 @@ def main():
           f"{ocp.__version__}")
     n_params = orbax_checkpoints.read_marker(converted["float32"][0])["params"]
     print(f"shape OPT-{args.shape} ({n_params:,} params), vocab 50272; median of {args.repeats} "
-          f"reads after 1 warm-up; " + (
-              f"COLD: page cache evicted before each read with {evictor.method}" if evictor else
-              "page cache WARM (files read from memory, not disk)"))
+          f"reads after 1 warm-up; " +
+          (f"COLD: page cache evicted before each read with {evictor.method}"
+           if evictor else "page cache WARM (files read from memory, not disk)"))
     print(f"one-time conversion: {converted['float32'][1]:.1f}s to float32, "
           f"{converted['bfloat16'][1]:.1f}s to bfloat16")
     cold_col = " | resident after eviction" if evictor else ""

@@ -48,6 +48,7 @@ def throughput(path, batch, length, repeats):
       return torch.log_softmax(logits, -1)[:, :-1].gather(-1, tids[:, 1:, None])[..., 0]
 
   scorer = trajax.Scorer(trajax.load_hf(path))
+
   def jax_score():
     return scorer(ids)
 
@@ -99,12 +100,14 @@ def main():
     print(f"# score_cpu {datetime.date.today()} | {platform.machine()} {os.cpu_count()} CPU(s) | "
           f"jax {jax.__version__} ({jax.default_backend()}) | torch {torch.__version__} "
           f"({torch.get_num_threads()} threads)")
-    print(f"shape OPT-{args.shape} float32, vocab 50272, batch {args.batch} x {args.length} tokens, "
-          f"median of {args.repeats}; max |logprob diff| {diff:.2e}")
+    print(
+        f"shape OPT-{args.shape} float32, vocab 50272, batch {args.batch} x {args.length} tokens, "
+        f"median of {args.repeats}; max |logprob diff| {diff:.2e}")
     print("| impl | s/batch | tokens/s | ratio vs torch |")
     print("|---|---|---|---|")
-    print(f"| transformers PyTorch (sdpa, full log_softmax) | {t_torch:.3f} | {tokens / t_torch:,.0f}"
-          f" | 1.00x |")
+    print(
+        f"| transformers PyTorch (sdpa, full log_softmax) | {t_torch:.3f} | {tokens / t_torch:,.0f}"
+        f" | 1.00x |")
     print(f"| trajax (jit, fused chunked head) | {t_jax:.3f} | {tokens / t_jax:,.0f} | "
           f"{t_torch / t_jax:.2f}x |")
     if not args.skip_memory:

@@ -68,8 +68,9 @@ def bench_shape(shape, attentions, peak):
   cfg = hf_config(shape)
   batch = SHAPES[shape][4]
   torch.manual_seed(0)
-  ref = OPTForCausalLM(OPTConfig(**{k: v for k, v in cfg.items() if k != "model_type"},
-                                 attn_implementation="sdpa")).to("cuda", torch.bfloat16).eval()
+  ref = OPTForCausalLM(
+      OPTConfig(**{k: v for k, v in cfg.items() if k != "model_type"},
+                attn_implementation="sdpa")).to("cuda", torch.bfloat16).eval()
   state = {k: v.detach().float().cpu().numpy() for k, v in ref.state_dict().items()}
   model = checkpoints.from_state_dict(cfg, state, dtype="bfloat16")
   del state

@@ -88,8 +88,8 @@ def main():
       shutil.rmtree(os.path.join(root, name))
   try:
     manifest = write_inputs(root, args.shape, args.ckpts, args.dtype, args.rows, args.block_len)
-    cfg = lambda prefetch: sweep_config(manifest, root, args.dtype, args.rows, args.block_len,
-                                        args.batch or args.rows, prefetch)
+    cfg = lambda prefetch: sweep_config(manifest, root, args.dtype, args.rows, args.block_len, args.
+                                        batch or args.rows, prefetch)
     warm = os.path.join(root, "warm.json")
     with open(manifest) as f:
       one = json.load(f)

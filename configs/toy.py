@@ -17,6 +17,7 @@ def _stage_config(name: str):
   spec.loader.exec_module(module)
   return module.get_config()
 
+
 PRESETS = ("full", "tiny")
 
 

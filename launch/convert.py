@@ -29,9 +29,9 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False,
                                "Replace existing converted checkpoints (never other directories).")
 _COMPRESS = flags.DEFINE_bool("compress", False,
                               "zstd-compress the arrays: smaller, slower to restore on a CPU.")
-_MESH = flags.DEFINE_string("mesh_shape", "",
-                            "Load each checkpoint on this (data,fsdp,tensor) mesh, e.g. '1,-1,1', "
-                            "for models larger than one device.")
+_MESH = flags.DEFINE_string(
+    "mesh_shape", "", "Load each checkpoint on this (data,fsdp,tensor) mesh, e.g. '1,-1,1', "
+    "for models larger than one device.")
 _ALLOW_OUTSIDE_ROOT = flags.DEFINE_bool("allow_outside_root", False,
                                         "Let manifest paths resolve outside its root.")
 
@@ -46,10 +46,10 @@ def main(argv):
   sharding_fn = (sharding.param_sharding_fn(sharding.make_mesh(_MESH.value))
                  if _MESH.value else None)
   if all(many):
-    out = orbax_checkpoints.convert_trajectory(
-        _TRAJECTORY.value, _OUT_ROOT.value, dtype=_DTYPE.value, overwrite=_OVERWRITE.value,
-        allow_outside_root=_ALLOW_OUTSIDE_ROOT.value, sharding_fn=sharding_fn,
-        compress=_COMPRESS.value)
+    out = orbax_checkpoints.convert_trajectory(_TRAJECTORY.value, _OUT_ROOT.value,
+                                               dtype=_DTYPE.value, overwrite=_OVERWRITE.value,
+                                               allow_outside_root=_ALLOW_OUTSIDE_ROOT.value,
+                                               sharding_fn=sharding_fn, compress=_COMPRESS.value)
     print(out)
     return
   t0 = time.perf_counter()

@@ -12,9 +12,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from trajax.analysis import token_study  # pylint: disable=g-import-not-at-top
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Trend study config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None,
-                               "Output directory (trends/ is written here; the store is read "
-                               "from here unless config.store_workdir is set).")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Output directory (trends/ is written here; the store is read "
+    "from here unless config.store_workdir is set).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

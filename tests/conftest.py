@@ -43,8 +43,9 @@ def torch_logprobs(model, ids_bt, mask_bt):
   with torch.no_grad():
     logits = model(input_ids=torch.tensor(ids_bt, dtype=torch.long),
                    attention_mask=torch.tensor(mask_bt.astype(np.int64))).logits.double()
-  lp = torch.log_softmax(logits, -1)[:, :-1].gather(
-      -1, torch.tensor(ids_bt[:, 1:, None], dtype=torch.long))[..., 0].numpy()
+  lp = torch.log_softmax(logits,
+                         -1)[:, :-1].gather(-1, torch.tensor(ids_bt[:, 1:, None],
+                                                             dtype=torch.long))[..., 0].numpy()
   out = np.concatenate([np.full((ids_bt.shape[0], 1), np.nan), lp], axis=1)
   out[:, 1:][~(mask_bt[:, 1:] & mask_bt[:, :-1])] = np.nan
   return out
@@ -57,16 +58,19 @@ def tiny_ckpt(tmp_path):
     model = hf_opt(seed, **overrides)
     path = save_hf(model, tmp_path / name, **(save_kwargs or {}))
     return path, model
+
   return make
 
 
 def write_manifest(path, models):
   """models: {name: (tokens_per_step, [(step, ckpt_dir), ...])}."""
   root = os.path.dirname(path)
-  data = {"models": [{"name": n, "tokens_per_step": tps,
-                      "checkpoints": [{"step": s, "path": os.path.relpath(p, root)}
-                                      for s, p in ckpts]}
-                     for n, (tps, ckpts) in models.items()]}
+  data = {
+      "models": [{
+          "name": n, "tokens_per_step": tps,
+          "checkpoints": [{"step": s, "path": os.path.relpath(p, root)} for s, p in ckpts]
+      } for n, (tps, ckpts) in models.items()]
+  }
   with open(path, "w") as f:
     json.dump(data, f)
   return str(path)

@@ -76,18 +76,21 @@ def test_missing_key_is_named(tiny_ckpt):
 
 def test_unexpected_key_is_named(tiny_ckpt):
   path, _ = tiny_ckpt()
-  _rewrite(path, lambda t: t.update({"model.decoder.layers.2.fc1.weight": np.zeros((32, 16),
-                                                                                   np.float32)}))
+  _rewrite(
+      path,
+      lambda t: t.update({"model.decoder.layers.2.fc1.weight": np.zeros((32, 16), np.float32)}))
   with pytest.raises(ValueError, match=r"unexpected 1: \['model.decoder.layers.2.fc1.weight'\]"):
     trajax.load_hf(path)
 
 
 def test_wrong_shape_is_named(tiny_ckpt):
   path, _ = tiny_ckpt()
-  fpath = _rewrite(path, lambda t: t.update({"model.decoder.layers.0.fc1.weight":
-                                             np.zeros((31, 16), np.float32)}))
-  with pytest.raises(ValueError, match=rf"{fpath}: tensor 'model.decoder.layers.0.fc1.weight' has "
-                                       r"shape \[31, 16\], expected \[32, 16\]"):
+  fpath = _rewrite(
+      path,
+      lambda t: t.update({"model.decoder.layers.0.fc1.weight": np.zeros((31, 16), np.float32)}))
+  with pytest.raises(
+      ValueError, match=rf"{fpath}: tensor 'model.decoder.layers.0.fc1.weight' has "
+      r"shape \[31, 16\], expected \[32, 16\]"):
     trajax.load_hf(path)
 
 
@@ -118,10 +121,12 @@ def test_missing_shard_is_named(tiny_ckpt):
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_nan_weights_refused(tiny_ckpt, stored, bad):
   path, _ = tiny_ckpt()
+
   def poison(t):
     for k in t:
       t[k] = t[k].astype(ml_dtypes.bfloat16 if stored == "bfloat16" else stored)
     t["model.decoder.layers.1.fc1.weight"][3, 4] = bad
+
   _rewrite(path, poison)
   with pytest.raises(ValueError, match="fc1.weight.*NaN or Inf"):
     trajax.load_hf(path)
@@ -133,17 +138,19 @@ def test_unknown_model_type_lists_supported(tiny_ckpt):
   cfg = json.load(open(os.path.join(path, "config.json")))
   cfg["model_type"] = "llama9"
   json.dump(cfg, open(os.path.join(path, "config.json"), "w"))
-  with pytest.raises(ValueError, match=r"model_type 'llama9' is not supported; supported: "
-                                       r"\['gpt_neo', 'gpt_neox', 'opt'\]"):
+  with pytest.raises(
+      ValueError, match=r"model_type 'llama9' is not supported; supported: "
+      r"\['gpt_neo', 'gpt_neox', 'opt'\]"):
     trajax.load_hf(path)
 
 
 def test_no_weights_and_no_config(tmp_path):
   with pytest.raises(FileNotFoundError, match="no config.json"):
     trajax.load_hf(tmp_path)
-  (tmp_path / "config.json").write_text(json.dumps(dict(model_type="opt", vocab_size=8,
-      hidden_size=4, num_hidden_layers=1, ffn_dim=4, num_attention_heads=1,
-      max_position_embeddings=8)))
+  (tmp_path / "config.json").write_text(
+      json.dumps(
+          dict(model_type="opt", vocab_size=8, hidden_size=4, num_hidden_layers=1, ffn_dim=4,
+               num_attention_heads=1, max_position_embeddings=8)))
   with pytest.raises(FileNotFoundError, match="no weights found"):
     trajax.load_hf(tmp_path)
 
@@ -169,8 +176,9 @@ def test_token_id_outside_vocab(tiny_ckpt):
   model = trajax.load_hf(path)
   ids = IDS.copy()
   ids[1, 5] = 96
-  with pytest.raises(ValueError, match=r"token id 96 at \[1, 5\] is outside the model's "
-                                       r"vocabulary \[0, 96\)"):
+  with pytest.raises(
+      ValueError, match=r"token id 96 at \[1, 5\] is outside the model's "
+      r"vocabulary \[0, 96\)"):
     trajax.token_logprobs(model, ids)
   # Out-of-range ids in padding are ignored (never read).
   mask = np.ones(ids.shape, bool)
@@ -182,8 +190,10 @@ def test_safetensors_round_trip_matches_reference_library(tmp_path):
   """Our writer/reader agree with the `safetensors` package byte for byte in values."""
   from safetensors.numpy import load_file, save_file
   rng = np.random.RandomState(0)
-  tensors = {"a": rng.randn(3, 4).astype(np.float32), "b": rng.randint(0, 9, (5,)).astype(np.int64),
-             "c": rng.randn(2, 2).astype(np.float16)}
+  tensors = {
+      "a": rng.randn(3, 4).astype(np.float32), "b": rng.randint(0, 9, (5,)).astype(np.int64),
+      "c": rng.randn(2, 2).astype(np.float16)
+  }
   safetensors_io.save(tensors, tmp_path / "ours.safetensors")
   theirs = load_file(str(tmp_path / "ours.safetensors"))
   save_file(tensors, str(tmp_path / "theirs.safetensors"))
@@ -209,8 +219,9 @@ def test_from_state_dict_equals_load_hf(tiny_ckpt):
 
 def test_integer_weights_are_refused(tiny_ckpt):
   path, _ = tiny_ckpt()
-  fpath = _rewrite(path, lambda t: t.update({"model.decoder.layers.0.fc2.bias":
-                                             np.zeros(16, np.int64)}))
-  with pytest.raises(ValueError, match=rf"{fpath}: tensor 'model.decoder.layers.0.fc2.bias' has "
-                                       r"dtype int64, expected a floating-point weight"):
+  fpath = _rewrite(path,
+                   lambda t: t.update({"model.decoder.layers.0.fc2.bias": np.zeros(16, np.int64)}))
+  with pytest.raises(
+      ValueError, match=rf"{fpath}: tensor 'model.decoder.layers.0.fc2.bias' has "
+      r"dtype int64, expected a floating-point weight"):
     trajax.load_hf(path)

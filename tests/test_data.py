@@ -37,8 +37,8 @@ def test_short_documents_padded_and_masked(tok, tmp_path):
   (tmp_path / "b.txt").write_text("   \n")
   msgs = []
   docs = data.read_documents(str(tmp_path / "*.txt"), log=msgs.append)
-  assert [d.name for d in docs] == [str(tmp_path / "a.txt")] and msgs == [
-      "skipped 1 empty document(s)"]
+  assert [d.name for d in docs] == [str(tmp_path / "a.txt")
+                                   ] and msgs == ["skipped 1 empty document(s)"]
   blocks = data.make_blocks(docs, tok, block_len=16)
   ids = [2] + tok("One two three.", add_special_tokens=False)["input_ids"]
   np.testing.assert_array_equal(blocks.tokens[0, :len(ids)], ids)

@@ -28,6 +28,7 @@ def pair(tiny_ckpt):
     ps, ts = tiny_ckpt(f"small_{variant}", seed=0, **VARIANTS[variant])
     pl, tl = tiny_ckpt(f"large_{variant}", seed=1, **LARGE)
     return trajax.load_hf(ps), trajax.load_hf(pl), ts, tl, (ps, pl)
+
   return make
 
 
@@ -113,9 +114,10 @@ def test_single_model_matches_transformers_generate(pair):
   ids, mask = _prompts(ragged=True)
   g = decoding.generate_single(small, ids, mask, max_new_tokens=N_NEW, eos_id=2, pad_id=1)
   with torch.no_grad():
-    out = torch_small.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(
-        mask.astype(np.int64)), do_sample=False, max_new_tokens=N_NEW, eos_token_id=2,
-        pad_token_id=1, output_logits=True, return_dict_in_generate=True)
+    out = torch_small.generate(input_ids=torch.tensor(ids),
+                               attention_mask=torch.tensor(mask.astype(np.int64)), do_sample=False,
+                               max_new_tokens=N_NEW, eos_token_id=2, pad_token_id=1,
+                               output_logits=True, return_dict_in_generate=True)
   want = out.sequences[:, ids.shape[1]:].numpy()
   want = np.pad(want, ((0, 0), (0, N_NEW - want.shape[1])), constant_values=1)
   np.testing.assert_array_equal(g.tokens_bn, want)
@@ -147,8 +149,7 @@ def test_eos_stops_a_row(pair):
 def test_nucleus_seeds(pair):
   small, large, *_ = pair()
   ids, mask = _prompts(ragged=False)
-  kw = dict(max_new_tokens=N_NEW, lambdas="ps+pl", method="nucleus", top_p=0.9,
-            stop_at_eos=False)
+  kw = dict(max_new_tokens=N_NEW, lambdas="ps+pl", method="nucleus", top_p=0.9, stop_at_eos=False)
   a = decoding.generate(small, large, ids, mask, seed=3, **kw)
   b = decoding.generate(small, large, ids, mask, seed=3, **kw)
   c = decoding.generate(small, large, ids, mask, seed=4, **kw)
@@ -174,8 +175,8 @@ def test_new_weights_reuse_the_compilation(pair, tiny_ckpt):
   decoding.generate(small, large, ids, mask, max_new_tokens=N_NEW, lambdas="ps-pl")
   size = decoding._generate._cache_size()  # pylint: disable=protected-access
   other, _ = tiny_ckpt("large_other", seed=7, **LARGE)
-  decoding.generate(small, trajax.load_hf(other), ids, mask, max_new_tokens=N_NEW,
-                    lambdas="pl-ps", seed=5, stop_at_eos=False)
+  decoding.generate(small, trajax.load_hf(other), ids, mask, max_new_tokens=N_NEW, lambdas="pl-ps",
+                    seed=5, stop_at_eos=False)
   assert decoding._generate._cache_size() == size  # pylint: disable=protected-access
 
 
@@ -216,8 +217,10 @@ class _ToyTokenizer:
 
 def _docs(n=3):
   rng = np.random.RandomState(5)
-  return [generation.data.Document(f"d{i}", " ".join(map(str, rng.randint(0, 1000, 150))))
-          for i in range(n)]
+  return [
+      generation.data.Document(f"d{i}", " ".join(map(str, rng.randint(0, 1000, 150))))
+      for i in range(n)
+  ]
 
 
 def test_protocol_jsonl_round_trip_and_scores(pair, tmp_path):
@@ -227,8 +230,7 @@ def test_protocol_jsonl_round_trip_and_scores(pair, tmp_path):
   prompts = generation.make_prompts(_docs(4), tok, prompt_tokens=6)
   assert all(len(p["prompt_ids"]) == 7 and p["prompt_ids"][0] == 2 for p in prompts)
   texts = generation.generate_texts(small, large, prompts, tok, configs=("ps-pl", "pl"),
-                                    methods=("greedy",), max_new_tokens=N_NEW, seed=1,
-                                    batch_size=4)
+                                    methods=("greedy",), max_new_tokens=N_NEW, seed=1, batch_size=4)
   assert len(texts) == 2 * len(prompts)
   path = tmp_path / "gen.jsonl"
   generation.write_jsonl(texts, path)

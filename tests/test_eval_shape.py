@@ -45,14 +45,17 @@ def test_param_count_matches_transformers_and_published_size(name):
   # Published sizes are nominal; OPT-350m is 331M parameters.
   assert abs(ours / SIZES[name][1] - 1) < 0.06
   # Stacked decoder layers: leading axis is the layer count.
-  assert state["model"]["decoder"]["layers"]["fc1"]["kernel"].shape == (
-      hf["num_hidden_layers"], hf["hidden_size"], hf["ffn_dim"])
+  assert state["model"]["decoder"]["layers"]["fc1"]["kernel"].shape == (hf["num_hidden_layers"],
+                                                                        hf["hidden_size"],
+                                                                        hf["ffn_dim"])
 
 
 def test_hidden_states_shape_of_175b_without_memory():
   cfg = opt.OPTConfig.from_hf_config(_hf_config("175b"))
+
   def forward():
     model = opt.create(cfg, dtype="bfloat16", seed=None)
     return model.hidden_states(jax.numpy.zeros((2, 2048), jax.numpy.int32))
+
   out = jax.eval_shape(forward)
   assert out.shape == (2, 2048, 12288) and out.dtype == jax.numpy.bfloat16

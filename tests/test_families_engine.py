@@ -12,8 +12,8 @@ from test_gpt_neox import hf_neox
 # two-model decoding needs; real Pythia/GPT-Neo checkpoints bring their own).
 VOCAB = 50272
 BUILDERS = {
-    "gpt_neo": lambda seed: hf_neo(seed, vocab_size=VOCAB, max_position_embeddings=64,
-                                   window_size=6),
+    "gpt_neo": lambda seed: hf_neo(seed, vocab_size=VOCAB, max_position_embeddings=64, window_size=6
+                                  ),
     "gpt_neox": lambda seed: hf_neox(seed, vocab_size=VOCAB, rotary_pct=0.25, bos_token_id=2,
                                      eos_token_id=2),
 }
@@ -60,8 +60,10 @@ def test_two_model_decoding_across_families(tmp_path):
   for _ in range(6):
     ls = np.asarray(small(seqs))[:, -1].astype(np.float64)
     ll = np.asarray(large(seqs))[:, -1].astype(np.float64)
-    ps = np.exp(ls - ls.max(-1, keepdims=True)); ps /= ps.sum(-1, keepdims=True)
-    pl = np.exp(ll - ll.max(-1, keepdims=True)); pl /= pl.sum(-1, keepdims=True)
+    ps = np.exp(ls - ls.max(-1, keepdims=True))
+    ps /= ps.sum(-1, keepdims=True)
+    pl = np.exp(ll - ll.max(-1, keepdims=True))
+    pl /= pl.sum(-1, keepdims=True)
     nxt = np.where(ps - pl > 0, ps - pl, -np.inf).argmax(-1)
     seqs = np.concatenate([seqs, nxt[:, None]], axis=1)
   np.testing.assert_array_equal(np.asarray(gen.tokens_bn), seqs[:, 5:])

@@ -118,13 +118,15 @@ def test_kv_cache_decoding_equals_recompute():
 
 def test_config_spellings():
   """Pythia's config.json (rotary_pct / rotary_emb_base) and transformers 5's rope_parameters."""
-  pythia_410m = {"architectures": ["GPTNeoXForCausalLM"], "bos_token_id": 0, "eos_token_id": 0,
-                 "hidden_act": "gelu", "hidden_size": 1024, "initializer_range": 0.02,
-                 "intermediate_size": 4096, "layer_norm_eps": 1e-05,
-                 "max_position_embeddings": 2048, "model_type": "gpt_neox",
-                 "num_attention_heads": 16, "num_hidden_layers": 24, "rotary_emb_base": 10000,
-                 "rotary_pct": 0.25, "tie_word_embeddings": False, "torch_dtype": "float16",
-                 "use_cache": True, "use_parallel_residual": True, "vocab_size": 50304}
+  pythia_410m = {
+      "architectures": ["GPTNeoXForCausalLM"
+                       ], "bos_token_id": 0, "eos_token_id": 0, "hidden_act": "gelu",
+      "hidden_size": 1024, "initializer_range": 0.02, "intermediate_size": 4096,
+      "layer_norm_eps": 1e-05, "max_position_embeddings": 2048, "model_type": "gpt_neox",
+      "num_attention_heads": 16, "num_hidden_layers": 24, "rotary_emb_base": 10000,
+      "rotary_pct": 0.25, "tie_word_embeddings": False, "torch_dtype": "float16", "use_cache": True,
+      "use_parallel_residual": True, "vocab_size": 50304
+  }
   cfg = gpt_neox.GPTNeoXConfig.from_hf_config(pythia_410m)
   assert cfg.rotary_ndims == 16 and cfg.pad_token_id == 0
   assert gpt_neox.GPTNeoXConfig.from_hf_config(cfg.to_hf_config()) == cfg
@@ -133,8 +135,8 @@ def test_config_spellings():
   cfg = gpt_neox.GPTNeoXConfig.from_hf_config(v5)
   assert (cfg.rotary_pct, cfg.rotary_emb_base) == (0.5, 500.0)
   with pytest.raises(ValueError, match="rope type 'linear' is not supported"):
-    gpt_neox.GPTNeoXConfig.from_hf_config(dict(pythia_410m, rope_scaling={"type": "linear",
-                                                                         "factor": 2.0}))
+    gpt_neox.GPTNeoXConfig.from_hf_config(
+        dict(pythia_410m, rope_scaling={"type": "linear", "factor": 2.0}))
 
 
 def test_old_checkpoint_keys():

@@ -64,8 +64,8 @@ def study(tmp_path_factory):
   sweep.run(score_cfg, workdir)
   cfg = icl_config(manifest)
   summary = icl_study.run(cfg, workdir)
-  return dict(tmp=tmp, manifest=manifest, workdir=workdir, cfg=cfg, summary=summary,
-              models=models, torch_models=torch_models)
+  return dict(tmp=tmp, manifest=manifest, workdir=workdir, cfg=cfg, summary=summary, models=models,
+              torch_models=torch_models)
 
 
 def icl_config(manifest, **overrides):
@@ -92,8 +92,9 @@ def test_every_checkpoint_and_task_has_a_row(study):
   assert int(r["tokens_seen"]) == 200 * TOKENS_PER_STEP
   assert float(r["flops"]) > 0 and int(r["params"]) > 0
   # Composite task: 6 queries split 2/2/2 over its subtasks.
-  assert int(next(r for r in rows if r["task"] == "cause_and_effect" and r["level"] == "task")
-             ["n_examples"]) == MAX_EXAMPLES
+  assert int(
+      next(r for r in rows if r["task"] == "cause_and_effect" and r["level"] == "task")
+      ["n_examples"]) == MAX_EXAMPLES
 
 
 def test_option_scores_equal_direct_recomputation(study):
@@ -105,8 +106,10 @@ def test_option_scores_equal_direct_recomputation(study):
   prompts = icl.make_task_prompts(task, shots=2, seed=42, max_examples=MAX_EXAMPLES)
   reqs = icl.build_requests(prompts[:1], tok, max_length=ARCH["max_position_embeddings"])
   model = trajax.load_hf(path)
-  opts = [r for r in _options(study, model_name, step)
-          if r["task"] == "human_organs_senses" and int(r["example_index"]) == reqs[0].example_index]
+  opts = [
+      r for r in _options(study, model_name, step)
+      if r["task"] == "human_organs_senses" and int(r["example_index"]) == reqs[0].example_index
+  ]
   assert len(opts) == len(reqs) >= 2
   for req, row in zip(reqs, sorted(opts, key=lambda r: int(r["option_index"]))):
     lp = trajax.token_logprobs(model, req.tokens[None])[0]
@@ -114,8 +117,8 @@ def test_option_scores_equal_direct_recomputation(study):
     assert int(row["n_tokens"]) == len(span)
     np.testing.assert_allclose(float(row["logprob"]), span.sum(), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(float(row["score"]), span.sum() / len(span), rtol=1e-5, atol=1e-4)
-    ref = torch_logprobs(study["torch_models"][(model_name, step)], req.tokens[None].astype(np.int64),
-                         np.ones((1, len(req.tokens)), bool))[0]
+    ref = torch_logprobs(study["torch_models"][(model_name, step)],
+                         req.tokens[None].astype(np.int64), np.ones((1, len(req.tokens)), bool))[0]
     np.testing.assert_allclose(span.sum(), ref[req.option_start:].sum(), rtol=1e-4, atol=1e-3)
 
 
@@ -134,15 +137,16 @@ def test_accuracy_is_mean_of_argmax_from_option_rows(study):
         part_acc.setdefault((task, part), []).append(float(os_[best]["target_score"]))
       for t in TASKS:
         parts = [np.mean(v) for (task, _), v in part_acc.items() if task == t]
-        row = next(r for r in rows if r["checkpoint"] == f"{m}@{s}" and r["task"] == t
-                   and r["level"] == "task")
+        row = next(r for r in rows
+                   if r["checkpoint"] == f"{m}@{s}" and r["task"] == t and r["level"] == "task")
         assert float(row["accuracy"]) == pytest.approx(np.mean(parts), abs=1e-12)
 
 
 def test_rerun_scores_nothing(study, monkeypatch):
   calls = []
   orig = scoring.Scorer.__call__
-  monkeypatch.setattr(scoring.Scorer, "__call__", lambda self, *a, **k: calls.append(1) or orig(self, *a, **k))
+  monkeypatch.setattr(scoring.Scorer, "__call__",
+                      lambda self, *a, **k: calls.append(1) or orig(self, *a, **k))
   before = _results(study)
   summary = icl_study.run(study["cfg"], study["workdir"])
   assert calls == []
@@ -168,8 +172,10 @@ def test_figures_exist_and_tables_match_results(study):
   fig8 = icl.read_csv(out / "fig8_accuracy.csv")
   assert len(fig8) == len(MODELS) * len(STEPS)
   for r in fig8:
-    accs = [float(x["accuracy"]) for x in rows if x["level"] == "task"
-            and x["checkpoint"] == f"{r['model']}@{r['step']}"]
+    accs = [
+        float(x["accuracy"]) for x in rows
+        if x["level"] == "task" and x["checkpoint"] == f"{r['model']}@{r['step']}"
+    ]
     assert float(r["accuracy"]) == pytest.approx(np.mean(accs))
     assert math.isfinite(float(r["valid_ppl"]))
   fig9 = icl.read_csv(out / "fig9_groups.csv")
@@ -180,8 +186,10 @@ def test_figures_exist_and_tables_match_results(study):
   assert {r["task"] for r in scaling} == set(TASKS)
   for r in scaling:
     y = [float(r["acc_small"]), float(r["acc_big"])]  # size order: small, big
-    final = {x["model"]: float(x["accuracy"]) for x in rows if x["task"] == r["task"]
-             and x["level"] == "task" and int(x["step"]) == STEPS[-1]}
+    final = {
+        x["model"]: float(x["accuracy"]) for x in rows
+        if x["task"] == r["task"] and x["level"] == "task" and int(x["step"]) == STEPS[-1]
+    }
     assert y == pytest.approx([final["small"], final["big"]])
     assert float(r["linearity"]) == pytest.approx(icl.linearity(y))
     assert float(r["breakthroughness"]) == pytest.approx(icl.breakthroughness(y))
@@ -189,14 +197,16 @@ def test_figures_exist_and_tables_match_results(study):
 
 def test_summary_fields(study):
   summary = study["summary"]
-  assert summary == json.loads((pathlib.Path(study["workdir"]) / "icl" / "summary.json").read_text())
+  assert summary == json.loads(
+      (pathlib.Path(study["workdir"]) / "icl" / "summary.json").read_text())
   assert summary["models"] == ["small", "big"]
   assert summary["n_tasks"] == 3 and summary["tasks"] == list(TASKS)
   rows = _results(study)
   for m in MODELS:
     assert summary["final_step"][m] == STEPS[-1]
     final = [r for r in rows if r["checkpoint"] == f"{m}@{STEPS[-1]}" and r["level"] == "task"]
-    assert summary["final_accuracy"][m] == pytest.approx(np.mean([float(r["accuracy"]) for r in final]))
+    assert summary["final_accuracy"][m] == pytest.approx(
+        np.mean([float(r["accuracy"]) for r in final]))
     assert 0 < summary["final_chance"][m] < 1
   assert 0 < summary["chance"] < 1
   assert summary["n_checkpoints_with_valid_ppl"] == len(MODELS) * len(STEPS)
@@ -210,12 +220,13 @@ def test_launcher_subprocess(study, tmp_path):
   for f in (tmp_path / "icl").glob("*.png"):
     f.unlink()
   env = dict(os.environ, PYTHONPATH=str(ROOT))
-  proc = subprocess.run(
-      [sys.executable, str(ROOT / "launch" / "icl.py"), f"--config={ROOT / 'configs' / 'icl.py'}",
-       f"--workdir={tmp_path}", f"--config.trajectory={study['manifest']}",
-       f"--config.tasks_dir={BIGBENCH}", f"--config.task_names={TASKS!r}".replace(" ", ""),
-       f"--config.max_examples={MAX_EXAMPLES}", f"--config.store_workdir={study['workdir']}"],
-      capture_output=True, text=True, env=env, timeout=120)
+  proc = subprocess.run([
+      sys.executable,
+      str(ROOT / "launch" / "icl.py"), f"--config={ROOT / 'configs' / 'icl.py'}",
+      f"--workdir={tmp_path}", f"--config.trajectory={study['manifest']}",
+      f"--config.tasks_dir={BIGBENCH}", f"--config.task_names={TASKS!r}".replace(" ", ""),
+      f"--config.max_examples={MAX_EXAMPLES}", f"--config.store_workdir={study['workdir']}"
+  ], capture_output=True, text=True, env=env, timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "0 (checkpoint, task) pairs to score" in proc.stderr
   assert "mean accuracy" in proc.stdout

@@ -86,8 +86,8 @@ def test_per_layer_parity(tiny_ckpt, variant):
     with torch.no_grad():
       want = ref_dec.layers[i](torch.tensor(x), attention_mask=_causal_additive_mask(12))
       want = (want[0] if isinstance(want, tuple) else want).numpy()
-      attn_want = ref_dec.layers[i].self_attn(
-          torch.tensor(x), attention_mask=_causal_additive_mask(12))[0].numpy()
+      attn_want = ref_dec.layers[i].self_attn(torch.tensor(x),
+                                              attention_mask=_causal_additive_mask(12))[0].numpy()
     layer = dec.layer(i)
     attn_got, _ = layer.self_attn(x, mask)
     np.testing.assert_allclose(np.asarray(attn_got), attn_want, atol=1e-5,

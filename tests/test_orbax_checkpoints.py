@@ -32,8 +32,9 @@ def _assert_bitwise_equal(got_model, want_model):
   for key, w in want.items():
     g = got[key]
     assert (g.shape, g.dtype) == (w.shape, w.dtype), key
-    np.testing.assert_array_equal(np.asarray(g).view(np.uint8), np.asarray(w).view(np.uint8),
-                                  err_msg=key)
+    np.testing.assert_array_equal(
+        np.asarray(g).view(np.uint8),
+        np.asarray(w).view(np.uint8), err_msg=key)
 
 
 @pytest.mark.parametrize("variant", [{}, POST_LN], ids=["pre_ln", "post_ln_350m"])
@@ -41,8 +42,8 @@ def test_restore_equals_load_hf_bitwise(tmp_path, tiny_ckpt, variant):
   path, _ = tiny_ckpt(**variant)
   out = str(tmp_path / "orbax")
   marker = orbax_checkpoints.convert(path, out)
-  assert orbax_checkpoints.is_orbax_checkpoint(out) and not orbax_checkpoints.is_orbax_checkpoint(
-      path)
+  assert orbax_checkpoints.is_orbax_checkpoint(
+      out) and not orbax_checkpoints.is_orbax_checkpoint(path)
   ref = trajax.load_hf(path)
   assert marker["dtype"] == "float32" and marker["source"] == os.path.abspath(path)
   assert marker["params"] == sum(a.size for a in _leaves(ref).values())
@@ -100,8 +101,8 @@ def test_sweep_over_converted_checkpoints_equals_hf_sweep(tmp_path, tiny_ckpt):
   hf = sweep.run(config, str(tmp_path / "hf"))
   converted = orbax_checkpoints.convert_trajectory(hf_manifest, str(tmp_path / "orbax"))
   traj = trajectory.load(converted)
-  assert all(orbax_checkpoints.is_orbax_checkpoint(c.path)
-             for m in traj.models for c in m.checkpoints)
+  assert all(
+      orbax_checkpoints.is_orbax_checkpoint(c.path) for m in traj.models for c in m.checkpoints)
   assert traj.problems() == []
   step = traj.models[0].checkpoints[0].path
   os.remove(os.path.join(step, orbax_checkpoints.MARKER))  # no marker: an HF dir without weights
@@ -136,18 +137,21 @@ def test_config_disagreeing_with_saved_tree_names_key_and_shapes(tmp_path, tiny_
     cfg = json.load(f)
   with open(cfg_path, "w") as f:
     json.dump(dict(cfg, hidden_size=32, word_embed_proj_dim=32), f)
-  with pytest.raises(ValueError, match=r"orbax/state: parameter 'model\.decoder\.embed_positions"
-                                       r"\.embedding' has shape \[66, 16\], expected \[66, 32\]"):
+  with pytest.raises(
+      ValueError, match=r"orbax/state: parameter 'model\.decoder\.embed_positions"
+      r"\.embedding' has shape \[66, 16\], expected \[66, 32\]"):
     orbax_checkpoints.restore(out)
   with open(cfg_path, "w") as f:
     json.dump(dict(cfg, num_hidden_layers=3), f)
-  with pytest.raises(ValueError, match=r"orbax/state: parameter 'model\.decoder\.layers\.fc1\.bias"
-                                       r"' has shape \[2, 32\], expected \[3, 32\]"):
+  with pytest.raises(
+      ValueError, match=r"orbax/state: parameter 'model\.decoder\.layers\.fc1\.bias"
+      r"' has shape \[2, 32\], expected \[3, 32\]"):
     orbax_checkpoints.restore(out)
   with open(cfg_path, "w") as f:
     json.dump(dict(cfg, **POST_LN), f)  # adds project_in/project_out
-  with pytest.raises(ValueError, match=r"orbax/state: saved parameters do not match the opt "
-                                       r"architecture .* missing 2: .*project_in"):
+  with pytest.raises(
+      ValueError, match=r"orbax/state: saved parameters do not match the opt "
+      r"architecture .* missing 2: .*project_in"):
     orbax_checkpoints.restore(out)
 
 
@@ -157,8 +161,8 @@ def test_existing_out_dir_needs_overwrite(tmp_path, tiny_ckpt):
   orbax_checkpoints.convert(path, out)
   with pytest.raises(FileExistsError, match="orbax: already exists; pass overwrite=True"):
     orbax_checkpoints.convert(path, out)
-  assert orbax_checkpoints.convert(path, out, overwrite=True, dtype="bfloat16")["dtype"] == (
-      "bfloat16")
+  assert orbax_checkpoints.convert(path, out, overwrite=True,
+                                   dtype="bfloat16")["dtype"] == ("bfloat16")
   assert orbax_checkpoints.read_marker(out)["dtype"] == "bfloat16"
   other = tmp_path / "not_a_checkpoint"
   other.mkdir()
@@ -180,6 +184,7 @@ def test_killed_conversion_leaves_no_out_dir(tmp_path, tiny_ckpt, monkeypatch):
   def save_then_die(self, directory, *args, **kwargs):
     real_save(self, directory, *args, **kwargs)  # the state is fully written...
     raise _Killed()  # ...and the process dies before the marker and the rename
+
   monkeypatch.setattr(orbax_checkpoints.ocp.PyTreeCheckpointer, "save", save_then_die)
   with pytest.raises(_Killed):
     orbax_checkpoints.convert(path, out)
@@ -198,15 +203,18 @@ def test_launch_convert_cli(tmp_path, tiny_ckpt):
   path, _ = tiny_ckpt()
   out = str(tmp_path / "cli")
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-  res = subprocess.run([sys.executable, str(ROOT / "launch" / "convert.py"), f"--hf_dir={path}",
-                        f"--out_dir={out}", "--dtype=bfloat16"], capture_output=True, text=True,
-                       env=env, check=False)
+  res = subprocess.run([
+      sys.executable,
+      str(ROOT / "launch" / "convert.py"), f"--hf_dir={path}", f"--out_dir={out}",
+      "--dtype=bfloat16"
+  ], capture_output=True, text=True, env=env, check=False)
   assert res.returncode == 0, res.stderr[-2000:]
   assert res.stdout.strip().splitlines()[-1] == out
   _assert_bitwise_equal(orbax_checkpoints.restore(out, dtype=jnp.bfloat16),
                         trajax.load_hf(path, dtype=jnp.bfloat16))
   manifest = write_manifest(str(tmp_path / "t.json"), {"m": (10, [(1, path)])})
-  res = subprocess.run([sys.executable, str(ROOT / "launch" / "convert.py"),
-                        f"--hf_dir={path}", f"--trajectory={manifest}"], capture_output=True,
-                       text=True, env=env, check=False)
+  res = subprocess.run([
+      sys.executable,
+      str(ROOT / "launch" / "convert.py"), f"--hf_dir={path}", f"--trajectory={manifest}"
+  ], capture_output=True, text=True, env=env, check=False)
   assert res.returncode != 0 and "give either --hf_dir and --out_dir" in res.stderr

@@ -22,8 +22,10 @@ def test_family_is_registered():
 def test_revisions():
   revs = pythia.pythia_revisions()
   assert len(revs) == len(set(revs)) == 154
-  assert revs[:12] == ["step0", "step1", "step2", "step4", "step8", "step16", "step32", "step64",
-                       "step128", "step256", "step512", "step1000"]
+  assert revs[:12] == [
+      "step0", "step1", "step2", "step4", "step8", "step16", "step32", "step64", "step128",
+      "step256", "step512", "step1000"
+  ]
   assert revs[-2:] == ["step142000", "step143000"]
   steps = [pythia.revision_step(r) for r in revs]
   assert steps == sorted(steps) and np.all(np.diff(steps[11:]) == 1000)
@@ -34,9 +36,9 @@ def test_revisions():
 def _tiny_neox(seed):
   from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
   torch.manual_seed(seed)
-  return GPTNeoXForCausalLM(GPTNeoXConfig(
-      vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-      intermediate_size=32, max_position_embeddings=32, rotary_pct=0.25)).eval()
+  return GPTNeoXForCausalLM(
+      GPTNeoXConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=32, max_position_embeddings=32, rotary_pct=0.25)).eval()
 
 
 def _add_revision(repo, revision, saved_dir, commit):

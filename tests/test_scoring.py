@@ -126,8 +126,9 @@ def test_longer_than_context_is_an_error_not_nan(tiny_ckpt):
   path, _ = tiny_ckpt(max_position_embeddings=16)
   model = trajax.load_hf(path)
   ids = np.random.RandomState(0).randint(3, 96, size=(2, 20))
-  with pytest.raises(ValueError, match=r"row 0 has 20 real tokens but the model's context is "
-                                       r"max_position_embeddings=16"):
+  with pytest.raises(
+      ValueError, match=r"row 0 has 20 real tokens but the model's context is "
+      r"max_position_embeddings=16"):
     trajax.token_logprobs(model, ids)
   mask = np.zeros(ids.shape, bool)
   mask[:, :16] = True  # padding beyond the context is fine

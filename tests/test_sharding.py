@@ -7,9 +7,9 @@ from flax import nnx
 import trajax
 from trajax import sharding
 
-pytestmark = pytest.mark.skipif(jax.device_count() < 8,
-                                reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8"
-                                       " (the Makefile sets it)")
+pytestmark = pytest.mark.skipif(
+    jax.device_count() < 8, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8"
+    " (the Makefile sets it)")
 
 
 @pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (2, 2, 2), (1, 1, 8), (-1, 2, 1)])

@@ -28,8 +28,8 @@ def test_report_embeds_every_figure_non_empty(study_dir):
   page = open(report, encoding="utf-8").read()
   images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', page)
   names = {n for n, _ in images}
-  for needed in ("fig1_valid_ppl_vs_flops.png", "fig2_category_shares.png",
-                 "fig5_corrupted.png", "fig8_accuracy.png", "fig9_groups.png"):
+  for needed in ("fig1_valid_ppl_vs_flops.png", "fig2_category_shares.png", "fig5_corrupted.png",
+                 "fig8_accuracy.png", "fig9_groups.png"):
     assert needed in names, (needed, sorted(names))
   assert any(n.startswith("fig6_final") for n in names)
   for _, data in images:
@@ -54,8 +54,10 @@ def test_larger_models_reach_lower_validation_ppl(study_dir):
 
 def summary_ppl(workdir, model):
   import csv
-  rows = [r for r in csv.DictReader(open(os.path.join(workdir, "trends", "checkpoints.csv")))
-          if r["model"] == model]
+  rows = [
+      r for r in csv.DictReader(open(os.path.join(workdir, "trends", "checkpoints.csv")))
+      if r["model"] == model
+  ]
   return np.array([float(r["valid_ppl"]) for r in rows])
 
 
@@ -64,8 +66,8 @@ def test_rerun_resumes_without_redoing_work(study_dir, monkeypatch):
   from trajax import scoring
   calls = []
   real = scoring.Scorer.__call__
-  monkeypatch.setattr(scoring.Scorer, "__call__", lambda self, *a, **k: calls.append(1) or
-                      real(self, *a, **k))
+  monkeypatch.setattr(scoring.Scorer, "__call__",
+                      lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
   mtime = os.path.getmtime(os.path.join(workdir, "store", "dataset.json"))
   study.run(mod.get_config("tiny"), workdir)
   assert os.path.getmtime(os.path.join(workdir, "store", "dataset.json")) == mtime

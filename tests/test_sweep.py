@@ -12,9 +12,10 @@ from conftest import OPT_TOKENIZER, ROOT, torch_logprobs, write_manifest
 
 SMALL = dict(vocab_size=50272, hidden_size=16, num_hidden_layers=2, ffn_dim=32,
              num_attention_heads=2, max_position_embeddings=64)
-TEXTS = ["It was a bright cold day in April, and the clocks were striking thirteen. " * 3,
-         "Call me Ishmael. Some years ago, never mind how long precisely, I went to sea.",
-         "Short one."]
+TEXTS = [
+    "It was a bright cold day in April, and the clocks were striking thirteen. " * 3,
+    "Call me Ishmael. Some years ago, never mind how long precisely, I went to sea.", "Short one."
+]
 
 
 def _setup(tmp_path, tiny_ckpt):
@@ -71,11 +72,13 @@ def test_interrupted_run_resumes_to_identical_store(tmp_path, tiny_ckpt, monkeyp
 
   writes = []
   real_write = store.ModelRows.write
+
   def write_then_die(self, index, row):
     if len(writes) == 4:  # the 5th checkpoint is "killed" before its row is written
       raise _Killed()
     writes.append((self.name, index))
     real_write(self, index, row)
+
   monkeypatch.setattr(store.ModelRows, "write", write_then_die)
   with pytest.raises(_Killed):
     sweep.run(config, str(tmp_path / "resumed"))
@@ -85,9 +88,11 @@ def test_interrupted_run_resumes_to_identical_store(tmp_path, tiny_ckpt, monkeyp
 
   scored = []
   real_score = trajax.Scorer.score_blocks
+
   def counting(self, *a, **k):
     scored.append(1)
     return real_score(self, *a, **k)
+
   monkeypatch.setattr(trajax.Scorer, "score_blocks", counting)
   resumed = sweep.run(config, str(tmp_path / "resumed"))
   assert len(scored) == 2  # only the two pending checkpoints
@@ -126,8 +131,9 @@ def test_manifest_validation(tmp_path, tiny_ckpt):
   bad = write_manifest(str(tmp_path / "t2.json"), {"m": (10, [(5, path), (5, path)])})
   with pytest.raises(ValueError, match=r"checkpoints\[1\]: step 5 does not follow step 5"):
     trajectory.load(bad)
-  escape = write_manifest(str(tmp_path / "sub" / "t3.json") if os.makedirs(tmp_path / "sub")
-                          is None else "", {"m": (10, [(1, path)])})
+  escape = write_manifest(
+      str(tmp_path / "sub" / "t3.json") if os.makedirs(tmp_path / "sub") is None else "",
+      {"m": (10, [(1, path)])})
   with pytest.raises(ValueError, match="outside the manifest root"):
     trajectory.load(escape)
   assert trajectory.load(escape, allow_outside_root=True).model("m").steps == [1]
@@ -138,10 +144,12 @@ def test_manifest_validation(tmp_path, tiny_ckpt):
 def test_launch_score_cli(tmp_path, tiny_ckpt):
   config, _ = _setup(tmp_path, tiny_ckpt)
   out = tmp_path / "cli"
-  cmd = [sys.executable, str(ROOT / "launch" / "score.py"), f"--config={ROOT}/configs/score.py",
-         f"--config.trajectory={config.trajectory}", f"--config.tokenizer={config.tokenizer}",
-         f"--config.data.files={config.data.files}", "--config.data.block_len=32",
-         f"--workdir={out}"]
+  cmd = [
+      sys.executable,
+      str(ROOT / "launch" / "score.py"), f"--config={ROOT}/configs/score.py",
+      f"--config.trajectory={config.trajectory}", f"--config.tokenizer={config.tokenizer}",
+      f"--config.data.files={config.data.files}", "--config.data.block_len=32", f"--workdir={out}"
+  ]
   res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
   assert res.returncode == 0, res.stderr[-2000:]
   reader = store.open(str(out))
@@ -156,15 +164,17 @@ def test_second_run_on_a_workdir_is_refused_until_holder_dies(tmp_path, tiny_ckp
   from trajax import workdir
   config, _ = _setup(tmp_path, tiny_ckpt)
   out = tmp_path / "locked"
-  holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
-       "from trajax import workdir; cm = workdir.claim(sys.argv[2]); cm.__enter__();"
-       "print('held', flush=True); sys.stdin.read()", str(ROOT), str(out)],
-      stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+  holder = subprocess.Popen([
+      sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
+      "from trajax import workdir; cm = workdir.claim(sys.argv[2]); cm.__enter__();"
+      "print('held', flush=True); sys.stdin.read()",
+      str(ROOT),
+      str(out)
+  ], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
   try:
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(workdir.WorkdirBusy, match=rf"in use by another trajax run \(pid "
-                                                  rf"{holder.pid}\)"):
+                       rf"{holder.pid}\)"):
       sweep.run(config, str(out))
   finally:
     holder.send_signal(signal.SIGKILL)
@@ -218,12 +228,12 @@ def test_sequential_and_prefetching_sweeps_write_the_same_store_and_report_timin
     events.clear()
     timings = []
     runs[prefetch] = sweep.run(config, str(tmp_path / f"prefetch_{prefetch}"), timings=timings)
-    assert [(t.model, t.checkpoints, t.prefetch) for t in timings] == [
-        ("small", 3, prefetch), ("large", 3, prefetch)]
+    assert [(t.model, t.checkpoints, t.prefetch) for t in timings] == [("small", 3, prefetch),
+                                                                       ("large", 3, prefetch)]
     for t in timings:
       paths = trajectory.load(config.trajectory).model(t.model).checkpoints
-      assert t.read_bytes == sum(sum(os.path.getsize(os.path.join(c.path, f))
-                                     for f in os.listdir(c.path)) for c in paths)
+      assert t.read_bytes == sum(
+          sum(os.path.getsize(os.path.join(c.path, f)) for f in os.listdir(c.path)) for c in paths)
       assert t.read_s > 0 and t.compute_s > 0 and t.wall_s > 0 and 0 <= t.overlap
     if not prefetch:  # each read starts only after the previous checkpoint's row is written
       small = events[:6]

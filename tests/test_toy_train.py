@@ -57,7 +57,8 @@ def test_checkpoint_steps_dense_early_sparse_late():
 def test_chunk_documents_and_batch_order():
   tokens, mask = train.chunk_documents([[10, 11, 12, 13, 14], [20]], seq_len=4)
   bos, pad = train.BOS_ID, train.PAD_ID
-  np.testing.assert_array_equal(tokens, [[bos, 10, 11, 12], [13, 14, pad, pad], [bos, 20, pad, pad]])
+  np.testing.assert_array_equal(tokens,
+                                [[bos, 10, 11, 12], [13, 14, pad, pad], [bos, 20, pad, pad]])
   np.testing.assert_array_equal(mask.sum(1), [4, 2, 2])
   order = train.batch_order(n_rows=10, batch_size=4, steps=5, seed=0)
   # Each epoch is a permutation: the first 10 draws cover every row once.
@@ -115,8 +116,8 @@ def test_workdir_layout(family):
   assert len(data_lib.read_documents(os.path.join(workdir, "data", "train.jsonl"))) == \
       config.world.n_train_docs
   tasks = sorted(os.listdir(os.path.join(workdir, "tasks")))
-  assert tasks and all(os.path.isfile(os.path.join(workdir, "tasks", t, "task.json"))
-                       for t in tasks)
+  assert tasks and all(
+      os.path.isfile(os.path.join(workdir, "tasks", t, "task.json")) for t in tasks)
   assert os.path.isfile(os.path.join(workdir, "tokenizer", "tokenizer.json"))
 
 
@@ -179,8 +180,9 @@ def test_rerun_reuses_trained_models(family):
   config, workdir, path = family
   files = sorted(pathlib.Path(workdir, "checkpoints").rglob("model.safetensors"))
   before = {f: f.stat().st_mtime_ns for f in files}
-  logs = {s["name"]: _log(os.path.join(workdir, "checkpoints", s["name"]))
-          for s in config.train.models}
+  logs = {
+      s["name"]: _log(os.path.join(workdir, "checkpoints", s["name"])) for s in config.train.models
+  }
   assert train.train_family(config, workdir) == path
   assert {f: f.stat().st_mtime_ns for f in files} == before
   for name, log in logs.items():

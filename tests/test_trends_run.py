@@ -51,7 +51,8 @@ def scored(tmp_path_factory):
   for mi, (name, over) in enumerate(MODELS.items()):
     ckpts = []
     for si, step in enumerate(STEPS):
-      path = save_hf(hf_opt(seed=10 * mi + si, vocab_size=50272, **over), tmp / name / f"step{step}")
+      path = save_hf(hf_opt(seed=10 * mi + si, vocab_size=50272, **over),
+                     tmp / name / f"step{step}")
       shutil.copytree(OPT_TOKENIZER, path, dirs_exist_ok=True)
       ckpts.append((step, path))
     models[name] = (TOKENS_PER_STEP, ckpts)
@@ -119,7 +120,8 @@ def test_fig2_shares_match_trends(scored):
   for m in reader.models:
     ppl = trends.ppl_from_logprobs(reader.logprobs(m))
     # 4 checkpoints: from p = 0.7 on the window has < 3 points and is skipped.
-    want = trends.shares_vs_start(ppl, reader.done_steps(m), fractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6))
+    want = trends.shares_vs_start(ppl, reader.done_steps(m),
+                                  fractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6))
     mine = [r for r in rows if r["model"] == m]
     np.testing.assert_array_equal([float(r["fraction"]) for r in mine], want["fraction"])
     for k in ("stagnated", "upward", "downward", "none", "start_step", "n_excluded"):
@@ -136,8 +138,10 @@ def test_subset_trajectory_is_mean_over_selected_tokens(scored):
   for cat, code in token_study.CATEGORY_CODES.items():
     sel = fit.category == code
     rows = _read_csv(os.path.join(workdir, "trends", "subsets", f"{big}_{cat}_p10_flops.csv"))
-    entry = [e for e in summary["subsets"]
-             if (e["selector"], e["category"], e["fraction"]) == (big, cat, 0.1)]
+    entry = [
+        e for e in summary["subsets"]
+        if (e["selector"], e["category"], e["fraction"]) == (big, cat, 0.1)
+    ]
     assert len(entry) == 1
     valid = np.count_nonzero(fit.category != trends.EXCLUDED)
     assert entry[0]["percent"] == pytest.approx(100 * sel.sum() / valid)
@@ -208,8 +212,9 @@ def test_summary_fields(scored):
 
 def test_6nd_and_bad_config(scored, tmp_path):
   workdir, reader, _ = scored
-  summary = token_study.run(trends_config(store_workdir=workdir, flops_method="6nd", selectors=(),
-                                          fractions=(0.1,)), str(tmp_path))
+  summary = token_study.run(
+      trends_config(store_workdir=workdir, flops_method="6nd", selectors=(), fractions=(0.1,)),
+      str(tmp_path))
   for m in reader.models:
     _, n = _hand_flops(m, STEPS)
     assert summary["final_flops"][m] == 6.0 * n * STEPS[-1] * TOKENS_PER_STEP
@@ -225,11 +230,12 @@ def test_6nd_and_bad_config(scored, tmp_path):
 def test_launcher_subprocess(scored, tmp_path):
   workdir, _, _ = scored
   env = dict(os.environ, PYTHONPATH=str(ROOT))
-  proc = subprocess.run(
-      [sys.executable, str(ROOT / "launch" / "trends.py"), f"--config={ROOT / 'configs' / 'trends.py'}",
-       f"--workdir={tmp_path}", f"--config.store_workdir={workdir}",
-       "--config.selectors=('largest',)", "--config.fractions=(0.1,0.4)"],
-      capture_output=True, text=True, env=env, timeout=120)
+  proc = subprocess.run([
+      sys.executable,
+      str(ROOT / "launch" / "trends.py"), f"--config={ROOT / 'configs' / 'trends.py'}",
+      f"--workdir={tmp_path}", f"--config.store_workdir={workdir}",
+      "--config.selectors=('largest',)", "--config.fractions=(0.1,0.4)"
+  ], capture_output=True, text=True, env=env, timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = tmp_path / "trends"
   for name in ("summary.json", "token_view.html", "fig1_valid_ppl_vs_flops.png",

@@ -51,9 +51,10 @@ class DiskFull(OSError):
 def no_space_error(path: str, cause: BaseException) -> DiskFull:
   """A `DiskFull` for `path` whose message tells the user what happened and what to do."""
   code = _errno(cause) or errno.ENOSPC
-  return DiskFull(code, f"{path}: no room to write ({os.strerror(code)}). Outputs finished "
-                        f"before this one are intact; free space (or raise the quota) and rerun "
-                        f"the same command to resume")
+  return DiskFull(
+      code, f"{path}: no room to write ({os.strerror(code)}). Outputs finished "
+      f"before this one are intact; free space (or raise the quota) and rerun "
+      f"the same command to resume")
 
 
 def _errno(e: BaseException) -> int | None:

@@ -28,8 +28,7 @@ from flax import nnx
 from trajax import models
 from trajax.safetensors_io import SafetensorsFile
 
-FLOAT_DTYPES = tuple(np.dtype(t) for t in (np.float16, ml_dtypes.bfloat16, np.float32,
-                                            np.float64))
+FLOAT_DTYPES = tuple(np.dtype(t) for t in (np.float16, ml_dtypes.bfloat16, np.float32, np.float64))
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_BIN = "pytorch_model.bin"
@@ -68,7 +67,6 @@ def model_config(path: str | os.PathLike):
 
 class _TorchBin:
   """A `pytorch_model.bin` read with `weights_only=True` (no pickled code runs)."""
-
   def __init__(self, path: str):
     try:
       import torch  # pylint: disable=g-import-not-at-top
@@ -92,8 +90,8 @@ class _TorchBin:
     return tuple(self._state[name].shape)
 
   def dtype(self, name):
-    return _torch_to_numpy(self._state[name][:0] if self._state[name].dim() else
-                           self._state[name]).dtype
+    return _torch_to_numpy(
+        self._state[name][:0] if self._state[name].dim() else self._state[name]).dtype
 
   def read(self, name) -> np.ndarray:
     return _torch_to_numpy(self._state[name])
@@ -109,7 +107,6 @@ def _torch_to_numpy(t) -> np.ndarray:
 
 class HFWeights:
   """Every tensor of a checkpoint directory, by (normalised) key, read lazily."""
-
   def __init__(self, path: str | os.PathLike, normalize_key: Callable[[str], str] = lambda k: k):
     self.path = os.fspath(path)
     self._index_path = None
@@ -212,8 +209,7 @@ class _Param:
 
 def _plan(fam, cfg, abstract_state, weights: HFWeights) -> list[_Param]:
   """Matches the checkpoint's keys and shapes against the family table, strictly."""
-  flat = {".".join(str(p) for p in path): var
-          for path, var in nnx.to_flat_state(abstract_state)}
+  flat = {".".join(str(p) for p in path): var for path, var in nnx.to_flat_state(abstract_state)}
   plan, expected = [], set()
   for ours, hf_key, hook in fam.hf_rules(cfg):
     var = flat.pop(ours)
@@ -221,15 +217,18 @@ def _plan(fam, cfg, abstract_state, weights: HFWeights) -> list[_Param]:
     stacked = "{i}" in hf_key
     keys = (tuple(hf_key.format(i=i) for i in range(shape[0])) if stacked else (hf_key,))
     expected.update(keys)
-    plan.append(_Param(ours, keys, stacked, hook == "T", shape,
-                       tuple(var.get_metadata().get("logical_axes", ()))))
+    plan.append(
+        _Param(ours, keys, stacked, hook == "T", shape,
+               tuple(var.get_metadata().get("logical_axes", ()))))
   assert not flat, f"internal: parameters without a conversion rule: {sorted(flat)}"
 
   found = weights.keys() - fam.ignored_hf_keys(cfg)
   missing, extra = sorted(expected - found), sorted(found - expected)
   if missing or extra:
-    msg = [f"{weights.path}: checkpoint keys do not match the {fam.__name__.split('.')[-1]} "
-           f"architecture in its config.json"]
+    msg = [
+        f"{weights.path}: checkpoint keys do not match the {fam.__name__.split('.')[-1]} "
+        f"architecture in its config.json"
+    ]
     if missing:
       msg.append(f"missing {len(missing)}: {missing[:8]}")
     if extra:
@@ -273,7 +272,6 @@ def load_hf(path: str | os.PathLike, dtype=jnp.float32, sharding_fn: ShardingFn 
 
 class _DictWeights:
   """In-memory tensors with the HFWeights interface (for `from_state_dict`)."""
-
   def __init__(self, tensors, normalize_key, path="<state dict>"):
     self.path = path
     self._t = {normalize_key(k): v for k, v in tensors.items()}
@@ -319,6 +317,7 @@ def _build(fam, cfg, weights, dtype, sharding_fn, check_finite):
 
   values = {}
   for p in plan:
+
     def read(index=None, p=p):
       a = p.read(weights, index)
       # np.isfinite takes float16/32/64 and ml_dtypes' bfloat16 as they are: no float32 copy.
@@ -326,6 +325,7 @@ def _build(fam, cfg, weights, dtype, sharding_fn, check_finite):
         raise ValueError(f"{weights.source(p.hf_keys[0])}: tensor {p.hf_keys[0]!r} (or a layer "
                          f"of it) contains NaN or Inf")
       return np.ascontiguousarray(a.astype(np_dtype, copy=False))
+
     sharding = sharding_fn(p.logical_axes, p.shape) if sharding_fn else None
     if sharding is None:
       values[p.path] = jnp.asarray(read())

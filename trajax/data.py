@@ -52,8 +52,8 @@ def strip_gutenberg(text: str) -> str:
   return text.strip()
 
 
-def read_documents(patterns: str | list[str], text_key: str = "text",
-                   gutenberg: bool = False, log=None) -> list[Document]:
+def read_documents(patterns: str | list[str], text_key: str = "text", gutenberg: bool = False,
+                   log=None) -> list[Document]:
   """Reads `.txt` files (one document each) and `.jsonl` files (one per line).
 
   Args:
@@ -170,9 +170,8 @@ class Blocks:
     return h.hexdigest()
 
 
-def make_blocks(docs: list[Document], tokenizer, block_len: int = 2048,
-                max_docs: int | None = 50, bos_id: int | None = None,
-                min_tokens: int = 2, pad_id: int = 1) -> Blocks:
+def make_blocks(docs: list[Document], tokenizer, block_len: int = 2048, max_docs: int | None = 50,
+                bos_id: int | None = None, min_tokens: int = 2, pad_id: int = 1) -> Blocks:
   """The first `block_len` tokens ([BOS] + text) of each document, right-padded.
 
   Args:
@@ -212,6 +211,6 @@ def tokenizer_hash(tokenizer) -> str:
   """A hash of the tokenizer's vocabulary and special tokens."""
   h = hashlib.sha256()
   h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
-  h.update(json.dumps([tokenizer.bos_token_id, tokenizer.eos_token_id,
-                       tokenizer.pad_token_id]).encode())
+  h.update(
+      json.dumps([tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id]).encode())
   return h.hexdigest()

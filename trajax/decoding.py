@@ -123,14 +123,15 @@ def _last_logits(model, h_btd, vocab_size):
   return jnp.einsum("bd,vd->bv", h_bd, w_vd.astype(h_bd.dtype), preferred_element_type=jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef_s", "graphdef_l", "max_new_tokens",
-                                             "method", "vocab_size"))
-def _generate(graphdef_s, state_s, graphdef_l, state_l, prompts_bt, prompt_mask_bt, lambdas,
-              top_p, temperature, key, eos_id, pad_id, stop_at_eos, *, max_new_tokens, method,
-              vocab_size):
+@functools.partial(
+    jax.jit, static_argnames=("graphdef_s", "graphdef_l", "max_new_tokens", "method", "vocab_size"))
+def _generate(graphdef_s, state_s, graphdef_l, state_l, prompts_bt, prompt_mask_bt, lambdas, top_p,
+              temperature, key, eos_id, pad_id, stop_at_eos, *, max_new_tokens, method, vocab_size):
   """The jitted prefill + decode loop; a model with graphdef None is skipped."""
-  models = [nnx.merge(g, s) if g is not None else None
-            for g, s in ((graphdef_s, state_s), (graphdef_l, state_l))]
+  models = [
+      nnx.merge(g, s) if g is not None else None
+      for g, s in ((graphdef_s, state_s), (graphdef_l, state_l))
+  ]
   b, p = prompts_bt.shape
   n = max_new_tokens
   max_len = p + n - 1  # the last token is chosen but never fed back
@@ -158,8 +159,7 @@ def _generate(graphdef_s, state_s, graphdef_l, state_l, prompts_bt, prompt_mask_
   def choose(logits, step, alive_b):
     logp_bv, degenerate_b = sampling.interpolate_logits(logits[0], logits[1], lambdas[0],
                                                         lambdas[1])
-    tok_b = sampling.sample_next(jax.random.fold_in(key, step), logp_bv, method, top_p,
-                                 temperature)
+    tok_b = sampling.sample_next(jax.random.fold_in(key, step), logp_bv, method, top_p, temperature)
     lp_b = jnp.take_along_axis(logp_bv, tok_b[:, None], axis=1)[:, 0]
     tok_b = jnp.where(alive_b, tok_b, pad_id)
     lp_b = jnp.where(alive_b, lp_b, jnp.nan)
@@ -169,8 +169,7 @@ def _generate(graphdef_s, state_s, graphdef_l, state_l, prompts_bt, prompt_mask_
 
   tokens_bn = jnp.full((b, n), pad_id, jnp.int32)
   logprobs_bn = jnp.full((b, n), jnp.nan, jnp.float32)
-  carry = (jnp.int32(0), logits, caches, tokens_bn, logprobs_bn, jnp.ones((b,), bool),
-           jnp.int32(0))
+  carry = (jnp.int32(0), logits, caches, tokens_bn, logprobs_bn, jnp.ones((b,), bool), jnp.int32(0))
 
   def write(carry_tail, step, tok_b, lp_b):
     tokens_bn, logprobs_bn = carry_tail

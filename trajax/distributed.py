@@ -30,8 +30,8 @@ def initialize(coordinator_address: str = "", num_processes: int = 0, process_id
   if coordinator_address:
     if num_processes < 1 or process_id < 0:
       raise ValueError("a coordinator address needs num_processes >= 1 and process_id >= 0")
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id)
   else:
     jax.distributed.initialize()  # TPU pod / SLURM / Kubernetes auto-detection
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),

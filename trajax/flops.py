@@ -33,7 +33,7 @@ OPT_POSITION_OFFSET = 2
 def opt_param_breakdown(vocab_size: int, hidden_size: int, num_layers: int, ffn_dim: int,
                         max_positions: int, word_embed_proj_dim: int | None = None,
                         do_layer_norm_before: bool = True) -> dict[str, int]:
-    """Parameters of HF `OPTForCausalLM`, per module group (tied LM head counted once).
+  """Parameters of HF `OPTForCausalLM`, per module group (tied LM head counted once).
 
     Layout (transformers OPTDecoder): embed_tokens [vocab, proj]; embed_positions
     [max_positions + 2, hidden]; project_in [proj → hidden] and project_out
@@ -54,42 +54,42 @@ def opt_param_breakdown(vocab_size: int, hidden_size: int, num_layers: int, ffn_
       {"embed_tokens", "embed_positions", "project_in", "project_out",
        "layers", "final_layer_norm", "total"} → int.
     """
-    d, proj = int(hidden_size), int(word_embed_proj_dim or hidden_size)
-    attn = 4 * (d * d + d)
-    norms = 2 * (2 * d)
-    mlp = (d * ffn_dim + ffn_dim) + (ffn_dim * d + d)
-    parts = {
-        "embed_tokens": vocab_size * proj,
-        "embed_positions": (max_positions + OPT_POSITION_OFFSET) * d,
-        "project_in": proj * d if proj != d else 0,
-        "project_out": d * proj if proj != d else 0,
-        "layers": num_layers * (attn + norms + mlp),
-        "final_layer_norm": 2 * d if do_layer_norm_before else 0,
-    }
-    parts["total"] = sum(parts.values())
-    return {k: int(v) for k, v in parts.items()}
+  d, proj = int(hidden_size), int(word_embed_proj_dim or hidden_size)
+  attn = 4 * (d * d + d)
+  norms = 2 * (2 * d)
+  mlp = (d * ffn_dim + ffn_dim) + (ffn_dim * d + d)
+  parts = {
+      "embed_tokens": vocab_size * proj,
+      "embed_positions": (max_positions + OPT_POSITION_OFFSET) * d,
+      "project_in": proj * d if proj != d else 0,
+      "project_out": d * proj if proj != d else 0,
+      "layers": num_layers * (attn + norms + mlp),
+      "final_layer_norm": 2 * d if do_layer_norm_before else 0,
+  }
+  parts["total"] = sum(parts.values())
+  return {k: int(v) for k, v in parts.items()}
 
 
 def opt_param_count(vocab_size: int, hidden_size: int, num_layers: int, ffn_dim: int,
                     max_positions: int, word_embed_proj_dim: int | None = None,
                     do_layer_norm_before: bool = True) -> int:
-    """Total parameters of HF `OPTForCausalLM` (see `opt_param_breakdown`)."""
-    return opt_param_breakdown(vocab_size, hidden_size, num_layers, ffn_dim, max_positions,
-                               word_embed_proj_dim, do_layer_norm_before)["total"]
+  """Total parameters of HF `OPTForCausalLM` (see `opt_param_breakdown`)."""
+  return opt_param_breakdown(vocab_size, hidden_size, num_layers, ffn_dim, max_positions,
+                             word_embed_proj_dim, do_layer_norm_before)["total"]
 
 
 def opt_flops_params(vocab_size: int, hidden_size: int, num_layers: int, ffn_dim: int,
                      max_positions: int, word_embed_proj_dim: int | None = None,
                      do_layer_norm_before: bool = True) -> int:
-    """N for the FLOPs formulas: all parameters except the position table (see module doc)."""
-    parts = opt_param_breakdown(vocab_size, hidden_size, num_layers, ffn_dim, max_positions,
-                                word_embed_proj_dim, do_layer_norm_before)
-    return parts["total"] - parts["embed_positions"]
+  """N for the FLOPs formulas: all parameters except the position table (see module doc)."""
+  parts = opt_param_breakdown(vocab_size, hidden_size, num_layers, ffn_dim, max_positions,
+                              word_embed_proj_dim, do_layer_norm_before)
+  return parts["total"] - parts["embed_positions"]
 
 
 def palm_flops_per_token(n_params: float, num_layers: int, num_heads: int, head_dim: int,
                          seq_len: int) -> float:
-    """6·N + 12·L·H·Q·T training FLOPs per token (PaLM, Chowdhery et al. 2022, App. B).
+  """6·N + 12·L·H·Q·T training FLOPs per token (PaLM, Chowdhery et al. 2022, App. B).
 
     Args:
       n_params: N (see the module doc for the OPT choice).
@@ -99,20 +99,20 @@ def palm_flops_per_token(n_params: float, num_layers: int, num_heads: int, head_
     Returns:
       FLOPs per training token, as a Python float.
     """
-    return 6.0 * float(n_params) + 12.0 * num_layers * num_heads * head_dim * seq_len
+  return 6.0 * float(n_params) + 12.0 * num_layers * num_heads * head_dim * seq_len
 
 
 def tokens_seen(steps, tokens_per_step: int) -> np.ndarray:
-    """[step] float64 tokens consumed after each optimizer step: step × tokens_per_step."""
-    steps = np.asarray(steps, dtype=np.float64)
-    if np.any(steps < 0):
-        raise ValueError(f"steps must be >= 0, got min {steps.min()}")
-    return steps * float(tokens_per_step)
+  """[step] float64 tokens consumed after each optimizer step: step × tokens_per_step."""
+  steps = np.asarray(steps, dtype=np.float64)
+  if np.any(steps < 0):
+    raise ValueError(f"steps must be >= 0, got min {steps.min()}")
+  return steps * float(tokens_per_step)
 
 
 def training_flops_palm(steps, tokens_per_step: int, n_params: float, num_layers: int,
                         num_heads: int, head_dim: int, seq_len: int) -> np.ndarray:
-    """Cumulative training FLOPs at each step, PaLM formula.
+  """Cumulative training FLOPs at each step, PaLM formula.
 
     Args:
       steps: [step] optimizer steps (scalar or array).
@@ -123,17 +123,17 @@ def training_flops_palm(steps, tokens_per_step: int, n_params: float, num_layers
     Returns:
       float64 array shaped like `steps`.
     """
-    return tokens_seen(steps, tokens_per_step) * palm_flops_per_token(
-        n_params, num_layers, num_heads, head_dim, seq_len)
+  return tokens_seen(steps, tokens_per_step) * palm_flops_per_token(n_params, num_layers, num_heads,
+                                                                    head_dim, seq_len)
 
 
 def training_flops_6nd(steps, tokens_per_step: int, n_params: float) -> np.ndarray:
-    """Cumulative training FLOPs at each step, 6·N·D with D = tokens seen."""
-    return 6.0 * float(n_params) * tokens_seen(steps, tokens_per_step)
+  """Cumulative training FLOPs at each step, 6·N·D with D = tokens seen."""
+  return 6.0 * float(n_params) * tokens_seen(steps, tokens_per_step)
 
 
 def opt_training_flops(model, steps, method: str = "palm") -> np.ndarray:
-    """Training FLOPs of one OPT model described by a `configs/opt_paper.py` entry.
+  """Training FLOPs of one OPT model described by a `configs/opt_paper.py` entry.
 
     Args:
       model: a config entry with vocab_size, hidden_size, num_layers, num_heads,
@@ -145,31 +145,31 @@ def opt_training_flops(model, steps, method: str = "palm") -> np.ndarray:
     Returns:
       float64 array shaped like `steps`.
     """
-    n = opt_flops_params(model.vocab_size, model.hidden_size, model.num_layers, model.ffn_dim,
-                         model.max_positions, model.word_embed_proj_dim, model.do_layer_norm_before)
-    if method == "palm":
-        return training_flops_palm(steps, model.tokens_per_step, n, model.num_layers, model.num_heads,
-                                   model.hidden_size // model.num_heads, model.seq_len)
-    if method == "6nd":
-        return training_flops_6nd(steps, model.tokens_per_step, n)
-    raise ValueError(f"method must be 'palm' or '6nd', got {method!r}")
+  n = opt_flops_params(model.vocab_size, model.hidden_size, model.num_layers, model.ffn_dim,
+                       model.max_positions, model.word_embed_proj_dim, model.do_layer_norm_before)
+  if method == "palm":
+    return training_flops_palm(steps, model.tokens_per_step, n, model.num_layers, model.num_heads,
+                               model.hidden_size // model.num_heads, model.seq_len)
+  if method == "6nd":
+    return training_flops_6nd(steps, model.tokens_per_step, n)
+  raise ValueError(f"method must be 'palm' or '6nd', got {method!r}")
 
 
 FLOPS_METHODS = ("palm", "6nd")
 
 
 def config_flops_params(cfg) -> int:
-    """N for the FLOPs formulas from a model family config (`trajax.models`).
+  """N for the FLOPs formulas from a model family config (`trajax.models`).
 
     Each family module defines `flops_params(cfg)` (its matmul weights, as above).
     """
-    from trajax import models  # lazy: models import nothing from here
-    return int(models.family(cfg.family).flops_params(cfg))
+  from trajax import models  # lazy: models import nothing from here
+  return int(models.family(cfg.family).flops_params(cfg))
 
 
 def training_flops_for_config(cfg, steps, tokens_per_step: int, n_params: int | None = None,
                               method: str = "palm", seq_len: int = 0):
-    """Cumulative training FLOPs at `steps` of a model with family config `cfg`.
+  """Cumulative training FLOPs at `steps` of a model with family config `cfg`.
 
     Args:
       cfg: a family config (layers, heads, hidden size and context length are read).
@@ -182,13 +182,12 @@ def training_flops_for_config(cfg, steps, tokens_per_step: int, n_params: int | 
     Returns:
       ([checkpoint] float64 FLOPs, N used).
     """
-    if method not in FLOPS_METHODS:
-        raise ValueError(f"flops method must be one of {FLOPS_METHODS}, got {method!r}")
-    n = int(n_params) if n_params else config_flops_params(cfg)
-    steps = np.asarray(steps, np.float64)
-    if method == "6nd":
-        return training_flops_6nd(steps, tokens_per_step, n), n
-    return training_flops_palm(steps, tokens_per_step, n, cfg.num_hidden_layers,
-                               cfg.num_attention_heads,
-                               cfg.hidden_size // cfg.num_attention_heads,
-                               seq_len or cfg.max_position_embeddings), n
+  if method not in FLOPS_METHODS:
+    raise ValueError(f"flops method must be one of {FLOPS_METHODS}, got {method!r}")
+  n = int(n_params) if n_params else config_flops_params(cfg)
+  steps = np.asarray(steps, np.float64)
+  if method == "6nd":
+    return training_flops_6nd(steps, tokens_per_step, n), n
+  return training_flops_palm(steps, tokens_per_step, n, cfg.num_hidden_layers,
+                             cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads,
+                             seq_len or cfg.max_position_embeddings), n

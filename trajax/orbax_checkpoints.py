@@ -40,9 +40,8 @@ FORMAT_VERSION = 1
 MARKER = "trajax_orbax.json"
 STATE_DIR = "state"
 # Small files copied verbatim from the HF directory; only config.json is required.
-COPIED_FILES = ("config.json", "generation_config.json", "tokenizer.json",
-                "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                "vocab.json", "merges.txt")
+COPIED_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt")
 STORED_DTYPES = ("float16", "bfloat16", "float32")
 
 
@@ -124,9 +123,11 @@ def convert(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype=None,
   state = nnx.to_pure_dict(nnx.state(model))
   del model
   cfg = checkpoints.read_config(hf_dir)
-  marker = {"format_version": FORMAT_VERSION, "model_type": cfg["model_type"],
-            "dtype": dtype.name, "compressed": compress, "source": os.path.abspath(hf_dir),
-            "params": int(sum(np.prod(a.shape) for a in jax.tree.leaves(state)))}
+  marker = {
+      "format_version": FORMAT_VERSION, "model_type": cfg["model_type"], "dtype": dtype.name,
+      "compressed": compress, "source": os.path.abspath(hf_dir),
+      "params": int(sum(np.prod(a.shape) for a in jax.tree.leaves(state)))
+  }
 
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
@@ -231,8 +232,9 @@ def restore(path: str | os.PathLike, dtype=jnp.float32,
     raise ValueError(f"{state_dir}: cannot read the orbax metadata ({type(e).__name__}: "
                      f"{e})") from None
 
-  wanted = {".".join(str(p) for p in var_path): var
-            for var_path, var in nnx.to_flat_state(abstract_state)}
+  wanted = {
+      ".".join(str(p) for p in var_path): var for var_path, var in nnx.to_flat_state(abstract_state)
+  }
   missing, extra = sorted(wanted.keys() - stored.keys()), sorted(stored.keys() - wanted.keys())
   if missing or extra:
     family = fam.__name__.split(".")[-1]
@@ -256,11 +258,11 @@ def restore(path: str | os.PathLike, dtype=jnp.float32,
     axes = tuple(var.get_metadata().get("logical_axes", ()))
     sharding = (sharding_fn(axes, shape) if sharding_fn else None) or default
     _set(target, dotted, jax.ShapeDtypeStruct(shape, np_dtype, sharding=sharding))
-    _set(restore_args, dotted, ocp.ArrayRestoreArgs(sharding=sharding, dtype=np_dtype,
-                                                    global_shape=shape, strict=True))
+    _set(restore_args, dotted,
+         ocp.ArrayRestoreArgs(sharding=sharding, dtype=np_dtype, global_shape=shape, strict=True))
   try:
-    values = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=restore_args))
+    values = checkpointer.restore(
+        state_dir, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args))
   except Exception as e:  # tensorstore and orbax raise many types for damaged files
     raise ValueError(f"{state_dir}: cannot restore ({type(e).__name__}: {e})") from e
   nnx.replace_by_pure_dict(abstract_state, values)
@@ -331,13 +333,14 @@ def _convert_trajectory(traj, out_root, dtype, overwrite, sharding_fn, compress)
       written += size
       elapsed = time.perf_counter() - t_start
       logging.info("%s step %d -> %s: %.1f MB in %.1fs | %.1f MB/s overall | %d left, ETA %.0fs",
-                   m.name, c.step, dst, size / 1e6, time.perf_counter() - t0,
-                   written / 1e6 / elapsed, left, elapsed / done * left)
+                   m.name, c.step, dst, size / 1e6,
+                   time.perf_counter() - t0, written / 1e6 / elapsed, left, elapsed / done * left)
     models.append(dataclasses.replace(m, checkpoints=tuple(ckpts)))
   out_manifest = os.path.join(out_root, "trajectory.json")
   trajectory.Trajectory(tuple(models), traj.name, out_manifest).save(out_manifest)
   logging.info("wrote %s (%d checkpoints converted, %.1f MB, %.1fs)", out_manifest, done,
-               written / 1e6, time.perf_counter() - t_start)
+               written / 1e6,
+               time.perf_counter() - t_start)
   return out_manifest
 
 

@@ -171,8 +171,7 @@ def build_manifest(cache_dir: str, model_names, out_path: str, revisions=None,
         found.append((rev, snap))
     if missing[name]:
       logging.warning("%s: %d of %d revisions missing from %s (first: %s)", name,
-                      len(missing[name]), len(revisions), repo,
-                      ", ".join(list(missing[name])[:5]))
+                      len(missing[name]), len(revisions), repo, ", ".join(list(missing[name])[:5]))
     if not found:
       continue
     if hash_weights:
@@ -182,21 +181,22 @@ def build_manifest(cache_dir: str, model_names, out_path: str, revisions=None,
         by_hash.setdefault(hashes[name][rev], []).append(rev)
       duplicates[name] = [revs for revs in by_hash.values() if len(revs) > 1]
       for revs in duplicates[name]:
-        logging.warning("%s: revisions %s carry identical weights (sha256 %s); their "
-                        "log-probs will be identical too", name, ", ".join(revs),
-                        hashes[name][revs[0]][:16])
+        logging.warning(
+            "%s: revisions %s carry identical weights (sha256 %s); their "
+            "log-probs will be identical too", name, ", ".join(revs), hashes[name][revs[0]][:16])
     cfg_path = os.path.join(found[-1][1], "config.json")
     cfg = gpt_neox.GPTNeoXConfig.from_hf_config(checkpoints.read_config(found[-1][1]), cfg_path)
     params = gpt_neox.param_count(cfg)
-    models.append(trajectory.Model(
-        name, TOKENS_PER_STEP, tuple(trajectory.Checkpoint(revision_step(r), s) for r, s in found),
-        params))
+    models.append(
+        trajectory.Model(name, TOKENS_PER_STEP,
+                         tuple(trajectory.Checkpoint(revision_step(r), s) for r, s in found),
+                         params))
     json_models.append({
-        "name": name, "tokens_per_step": TOKENS_PER_STEP, "params": params,
-        "checkpoints": [{"step": revision_step(r), "revision": r,
-                         "path": os.path.relpath(s, cache_dir),
-                         **({"sha256": hashes[name][r]} if hash_weights else {})}
-                        for r, s in found]})
+        "name": name, "tokens_per_step": TOKENS_PER_STEP, "params": params, "checkpoints": [{
+            "step": revision_step(r), "revision": r, "path": os.path.relpath(s, cache_dir),
+            **({"sha256": hashes[name][r]} if hash_weights else {})
+        } for r, s in found]
+    })
   if not models:
     raise ValueError(f"{cache_dir}: none of {list(model_names)} has any of the requested "
                      f"revisions")

@@ -41,12 +41,14 @@ def write(path: str, title: str, intro: str, sections: list[Section]) -> str:
     for img in s.images:
       if not os.path.isfile(img) or os.path.getsize(img) == 0:
         raise FileNotFoundError(f"report section {s.title!r}: figure {img} is missing or empty")
-  parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-           "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-           "figure{display:inline-block;margin:.5em}img{max-width:520px}"
-           ".paper{color:#555}.finding{background:#eef6ee;padding:.4em .6em}"
-           "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}</style>"
-           "</head><body>", f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro)}</p>"]
+  parts = [
+      f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+      "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+      "figure{display:inline-block;margin:.5em}img{max-width:520px}"
+      ".paper{color:#555}.finding{background:#eef6ee;padding:.4em .6em}"
+      "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}</style>"
+      "</head><body>", f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro)}</p>"
+  ]
   parts.append("<ul>" + "".join(f"<li><a href='#s{i}'>{html.escape(s.title)}</a></li>"
                                 for i, s in enumerate(sections)) + "</ul>")
   for i, s in enumerate(sections):

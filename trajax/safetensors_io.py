@@ -20,9 +20,15 @@ import numpy as np
 from trajax import atomic
 
 DTYPES = {
-    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
-    "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8),
+    "F64": np.dtype(np.float64),
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "I64": np.dtype(np.int64),
+    "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8),
+    "U8": np.dtype(np.uint8),
     "BOOL": np.dtype(np.bool_),
 }
 _NAMES = {v: k for k, v in DTYPES.items()}
@@ -31,7 +37,6 @@ _MAX_HEADER = 100 * 2**20
 
 class SafetensorsFile:
   """A memory-mapped safetensors file: `keys()`, `shape(k)`, `dtype(k)`, `read(k)`."""
-
   def __init__(self, path: str | os.PathLike):
     self.path = os.fspath(path)
     size = os.path.getsize(self.path)
@@ -105,8 +110,10 @@ def save(tensors: Mapping[str, np.ndarray], path: str | os.PathLike,
     a = np.ascontiguousarray(tensors[name])
     if a.dtype not in _NAMES:
       raise ValueError(f"{path}: tensor {name!r} has dtype {a.dtype}, not one safetensors stores")
-    header[name] = {"dtype": _NAMES[a.dtype], "shape": list(a.shape),
-                    "data_offsets": [offset, offset + a.nbytes]}
+    header[name] = {
+        "dtype": _NAMES[a.dtype], "shape": list(a.shape),
+        "data_offsets": [offset, offset + a.nbytes]
+    }
     offset += a.nbytes
     arrays.append(a)
   if metadata:

@@ -67,8 +67,8 @@ def _score(graphdef, state, tokens_bt, segment_ids_bt, chunk_tokens):
   h_btd = model.hidden_states(tokens_bt, segment_ids_bt=segment_ids_bt)
   b, t, d = h_btd.shape
   targets = tokens_bt[:, 1:]
-  lp = fused_head_logprobs(h_btd[:, :-1].reshape(-1, d), model.head_matrix(),
-                           targets.reshape(-1), chunk_tokens).reshape(b, t - 1)
+  lp = fused_head_logprobs(h_btd[:, :-1].reshape(-1, d), model.head_matrix(), targets.reshape(-1),
+                           chunk_tokens).reshape(b, t - 1)
   # A prediction exists where the target has a previous token in its own segment.
   valid = (segment_ids_bt[:, 1:] == segment_ids_bt[:, :-1]) & (segment_ids_bt[:, 1:] > 0)
   lp = jnp.where(valid, lp, jnp.nan)
@@ -118,7 +118,6 @@ class Scorer:
   shardings they were loaded with, see `trajax.sharding`); across processes
   each host builds only its own rows and every host receives the full result.
   """
-
   def __init__(self, model, head_chunk_tokens: int = 0, mesh=None):
     """`head_chunk_tokens=0` picks the backend's default (`HEAD_CHUNK_TOKENS`)."""
     self.graphdef, self.state = nnx.split(model)

@@ -47,8 +47,7 @@ def make_mesh(shape: Sequence[int] | str = (-1, 1, 1), devices=None) -> jax.shar
     shape[shape.index(-1)] = len(devices) // known
   if int(np.prod(shape)) != len(devices):
     raise ValueError(f"mesh {shape} needs {int(np.prod(shape))} devices, have {len(devices)}")
-  return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3,
-                       devices=devices)
+  return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
 def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int],
@@ -70,6 +69,7 @@ def param_sharding_fn(mesh: jax.sharding.Mesh, rules=LOGICAL_RULES):
   """(logical_axes, shape) -> NamedSharding, for `trajax.checkpoints.load_hf`."""
   def fn(logical_axes, shape):
     return NamedSharding(mesh, logical_to_spec(logical_axes, shape, mesh, rules))
+
   return fn
 
 

@@ -88,8 +88,10 @@ def _zarr(path: str, dtype: str, shape, chunks, fill, create: bool):
   spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": path}}
   if not create:
     return ts.open(spec, open=True).result()
-  spec["metadata"] = {"dtype": dtype, "shape": list(shape), "chunks": list(chunks),
-                      "fill_value": fill, "compressor": None}
+  spec["metadata"] = {
+      "dtype": dtype, "shape": list(shape), "chunks": list(chunks), "fill_value": fill,
+      "compressor": None
+  }
   return ts.open(spec, create=True, open=True).result()
 
 
@@ -130,14 +132,12 @@ class ModelRows:
     except ValueError as e:  # tensorstore reports OS errors as ValueError
       if atomic.is_no_space(e):
         path = array.kvstore.path if array.kvstore is not None else self.name
-        raise atomic.no_space_error(f"{path} (model {self.name!r}, checkpoint {index})",
-                                    e) from e
+        raise atomic.no_space_error(f"{path} (model {self.name!r}, checkpoint {index})", e) from e
       raise
 
 
 class Store:
   """Read/write access to `{workdir}/store`. Use `create` to write, `open` to read."""
-
   def __init__(self, root: str, dataset: dict):
     self.root = root
     self.dataset = dataset
@@ -189,7 +189,6 @@ class Store:
 
 class StoreReader:
   """Read-only view for notebooks and the analyses (`trajax.store.open`)."""
-
   def __init__(self, workdir: str):
     self.root = os.path.join(workdir, "store")
     meta_path = os.path.join(self.root, "dataset.json")

@@ -137,9 +137,11 @@ def _check_vocab(traj, blocks, tok_path):
 
 
 def _run_locked(config, workdir, traj, tokenizer, blocks, timings) -> store.StoreReader:
-  dataset = {"dataset_hash": blocks.hash(), "tokenizer_hash": data.tokenizer_hash(tokenizer),
-             "block_shape": list(blocks.tokens.shape), "documents": blocks.names,
-             "n_predictions": blocks.n_predictions}
+  dataset = {
+      "dataset_hash": blocks.hash(), "tokenizer_hash": data.tokenizer_hash(tokenizer),
+      "block_shape": list(blocks.tokens.shape), "documents": blocks.names,
+      "n_predictions": blocks.n_predictions
+  }
   st = _writer_first("store created",
                      lambda: store.Store.create(workdir, dataset, blocks.tokens, blocks.mask))
   mesh = sharding.make_mesh(config.mesh_shape) if config.mesh_shape else None
@@ -151,8 +153,10 @@ def _run_locked(config, workdir, traj, tokenizer, blocks, timings) -> store.Stor
   failed = []
   with concurrent.futures.ThreadPoolExecutor(1) as pool:
     for m in traj.models:
-      meta = {"steps": m.steps, "tokens_per_step": m.tokens_per_step, "params": m.params,
-              "paths": [c.path for c in m.checkpoints]}
+      meta = {
+          "steps": m.steps, "tokens_per_step": m.tokens_per_step, "params": m.params,
+          "paths": [c.path for c in m.checkpoints]
+      }
       rows = _writer_first(f"model {m.name} opened", lambda: st.model(m.name, meta))
       pending = [i for i, s in enumerate(rows.status()) if s != store.DONE]
       logging.info("model %s: %d checkpoints, %d to score", m.name, len(m.checkpoints),
@@ -227,15 +231,16 @@ def _sweep_model(ctx: _Context, m, rows, pending, pool) -> tuple[list[str], Swee
     elapsed = time.perf_counter() - t_start
     eta = elapsed / (n + 1) * (len(pending) - n - 1)
     ppl = float(np.exp(-np.nanmean(lp.astype(np.float64))))
-    logging.info("%s step %d: valid PPL %.3f | %.0f tok/s | read %.1fs, %.0f MB/s (waited "
-                 "%.1fs) | %d/%d, ETA %.0fs", m.name, ckpt.step, ppl, blocks.n_predictions / dt,
-                 t_read, n_bytes / 1e6 / max(t_read, 1e-9), wait_s, n + 1, len(pending), eta)
+    logging.info(
+        "%s step %d: valid PPL %.3f | %.0f tok/s | read %.1fs, %.0f MB/s (waited "
+        "%.1fs) | %d/%d, ETA %.0fs", m.name, ckpt.step, ppl, blocks.n_predictions / dt, t_read,
+        n_bytes / 1e6 / max(t_read, 1e-9), wait_s, n + 1, len(pending), eta)
   if not pending:
     return failed, None
-  timing = SweepTiming(m.name, len(pending), time.perf_counter() - t_start, read_s, compute_s,
-                       read_bytes, prefetch)
-  logging.info("%s: wall %.1fs, read %.1fs (%.0f MB/s), compute %.1fs, overlap %.0f%%, "
-               "wall/max(read, compute) %.2f", m.name, timing.wall_s, read_s,
-               read_bytes / 1e6 / max(read_s, 1e-9), compute_s, 100 * timing.overlap,
-               timing.wall_over_bound)
+  timing = SweepTiming(m.name, len(pending),
+                       time.perf_counter() - t_start, read_s, compute_s, read_bytes, prefetch)
+  logging.info(
+      "%s: wall %.1fs, read %.1fs (%.0f MB/s), compute %.1fs, overlap %.0f%%, "
+      "wall/max(read, compute) %.2f", m.name, timing.wall_s, read_s,
+      read_bytes / 1e6 / max(read_s, 1e-9), compute_s, 100 * timing.overlap, timing.wall_over_bound)
   return failed, timing

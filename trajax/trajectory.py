@@ -71,10 +71,12 @@ class Trajectory:
     return out
 
   def to_json(self) -> dict:
-    return {"name": self.name, "models": [
-        {"name": m.name, "tokens_per_step": m.tokens_per_step, "params": m.params,
-         "checkpoints": [{"step": c.step, "path": c.path} for c in m.checkpoints]}
-        for m in self.models]}
+    return {
+        "name": self.name, "models": [{
+            "name": m.name, "tokens_per_step": m.tokens_per_step, "params": m.params,
+            "checkpoints": [{"step": c.step, "path": c.path} for c in m.checkpoints]
+        } for m in self.models]
+    }
 
   def save(self, path: str) -> None:
     """Writes the manifest atomically, paths relative to its directory."""

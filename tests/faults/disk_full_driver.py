@@ -81,8 +81,8 @@ def main():
   except atomic.DiskFull as e:
     report["rewrite_error"] = f"{type(e).__name__}: {e}"
   report["leftover_tmp_files"] = sorted(
-      os.path.relpath(os.path.join(d, n), args.workdir)
-      for d, _, names in os.walk(args.workdir) for n in names if ".tmp-" in n or "__lock" in n)
+      os.path.relpath(os.path.join(d, n), args.workdir) for d, _, names in os.walk(args.workdir)
+      for n in names if ".tmp-" in n or "__lock" in n)
 
   resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
   if os.path.exists(os.path.join(args.workdir, "ballast")):

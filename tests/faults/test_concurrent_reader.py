@@ -52,12 +52,14 @@ def test_reader_sees_only_done_rows_while_the_writer_runs_and_dies(tmp_path, tin
   cmd = test_kill._cli(config, out)  # pylint: disable=protected-access
   env = {k: v for k, v in os.environ.items() if k not in (faults.ENV, faults.TRACE_ENV)}
   # Stop after row 2 is on disk, before its done flag.
-  writer = subprocess.Popen(cmd, env=dict(env, **{faults.ENV: faults.spec("stop", "store.row:m:2")}),
+  writer = subprocess.Popen(cmd, env=dict(env, **{faults.ENV: faults.spec("stop",
+                                                                          "store.row:m:2")}),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   _, status = os.waitpid(writer.pid, os.WUNTRACED)
   assert os.WIFSTOPPED(status), status
-  reader = subprocess.Popen([sys.executable, "-c", READER, str(ROOT), str(out)], text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+  reader = subprocess.Popen(
+      [sys.executable, "-c", READER, str(ROOT), str(out)], text=True, stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE)
   try:
     seen = _ask(reader)
     assert seen["done"] == [1, 1, 0, 0]
@@ -66,8 +68,8 @@ def test_reader_sees_only_done_rows_while_the_writer_runs_and_dies(tmp_path, tin
     writer.wait()
     assert _ask(reader) == seen
     # A resumed writer runs to the end while the reader keeps its store open and reads.
-    resumed = subprocess.Popen(cmd, env=dict(env, **{faults.ENV: faults.spec("stop",
-                                                                             "store.done:m:3")}),
+    resumed = subprocess.Popen(cmd, env=dict(env,
+                                             **{faults.ENV: faults.spec("stop", "store.done:m:3")}),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, status = os.waitpid(resumed.pid, os.WUNTRACED)
     assert os.WIFSTOPPED(status), status

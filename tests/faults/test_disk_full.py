@@ -25,8 +25,10 @@ DRIVER = ROOT / "tests" / "faults" / "disk_full_driver.py"
 def _can_mount_tmpfs(tmp_path) -> bool:
   probe = tmp_path / "probe"
   probe.mkdir()
-  cmd = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
-         f"mount -t tmpfs -o size=64k tmpfs {shlex.quote(str(probe))}"]
+  cmd = [
+      "unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+      f"mount -t tmpfs -o size=64k tmpfs {shlex.quote(str(probe))}"
+  ]
   try:
     return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
   except (OSError, subprocess.TimeoutExpired):
@@ -36,8 +38,10 @@ def _can_mount_tmpfs(tmp_path) -> bool:
 @pytest.fixture
 def settings(tmp_path, tiny_ckpt):
   manifest, docs = sweep_inputs(tmp_path, tiny_ckpt, 4)
-  return {"trajectory": manifest, "tokenizer": str(OPT_TOKENIZER), "data.files": docs,
-          "data.block_len": 256, "batch_size": 2}
+  return {
+      "trajectory": manifest, "tokenizer": str(OPT_TOKENIZER), "data.files": docs,
+      "data.block_len": 256, "batch_size": 2
+  }
 
 
 def _config(settings):
@@ -57,13 +61,18 @@ def test_disk_full_mid_sweep_fails_cleanly_and_resumes_bitwise(tmp_path, setting
   (tmp_path / "settings.json").write_text(json.dumps(settings))
   full, copy = tmp_path / "full", tmp_path / "after"
   full.mkdir()
-  driver = [sys.executable, str(DRIVER), f"--settings={tmp_path / 'settings.json'}",
-            f"--workdir={full}", f"--copy_to={copy}"]
+  driver = [
+      sys.executable,
+      str(DRIVER), f"--settings={tmp_path / 'settings.json'}", f"--workdir={full}",
+      f"--copy_to={copy}"
+  ]
   if want == "enospc" and _can_mount_tmpfs(tmp_path):
     fault = "enospc"
-    cmd = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
-           f"mount -t tmpfs -o size=2m tmpfs {shlex.quote(str(full))} && exec "
-           + shlex.join(driver + ["--fault=enospc"])]
+    cmd = [
+        "unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+        f"mount -t tmpfs -o size=2m tmpfs {shlex.quote(str(full))} && exec " +
+        shlex.join(driver + ["--fault=enospc"])
+    ]
   else:
     fault = "efbig"
     cmd = driver + ["--fault=efbig"]
@@ -140,7 +149,8 @@ def test_no_space_errors_are_recognised():
   assert atomic.is_no_space(OSError(errno.EDQUOT, "Disk quota exceeded"))
   assert not atomic.is_no_space(OSError(errno.EACCES, "Permission denied"))
   # The form tensorstore raises (seen on a full tmpfs).
-  assert atomic.is_no_space(ValueError(
-      "RESOURCE_EXHAUSTED: Error writing local file \"x/2.0\": Failed to write 158336 bytes to "
-      "file 4: No space left on device [os_error_code='28']"))
+  assert atomic.is_no_space(
+      ValueError(
+          "RESOURCE_EXHAUSTED: Error writing local file \"x/2.0\": Failed to write 158336 bytes to "
+          "file 4: No space left on device [os_error_code='28']"))
   assert not atomic.is_no_space(ValueError("[os_error_code='13']"))

@@ -11,14 +11,16 @@ from trajax import safetensors_io, trajectory
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 10**6) | st.text(max_size=12),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(
-        st.sampled_from(["models", "name", "tokens_per_step", "checkpoints", "step", "path",
-                         "params", "root", "x"]), children, max_size=5),
-    max_leaves=20)
+        st.sampled_from([
+            "models", "name", "tokens_per_step", "checkpoints", "step", "path", "params", "root",
+            "x"
+        ]), children, max_size=5), max_leaves=20)
 
 SEEN = {"manifests": 0, "headers": 0, "truncations": 0}
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(doc=json_values)
 def test_fuzzed_manifest_gives_value_error_or_loads(tmp_path, doc):
   SEEN["manifests"] += 1
@@ -32,7 +34,8 @@ def test_fuzzed_manifest_gives_value_error_or_loads(tmp_path, doc):
     assert all(m.checkpoints for m in traj.models)
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(header=json_values, extra=st.binary(max_size=64))
 def test_fuzzed_safetensors_header_is_rejected_cleanly(tmp_path, header, extra):
   SEEN["headers"] += 1
@@ -78,13 +81,12 @@ def test_hostile_header_entries(tmp_path, entry):
 
 bigbench_values = st.recursive(
     st.none() | st.booleans() | st.integers(-3, 5) | st.floats(allow_nan=True) |
-    st.text(max_size=8),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(
-        st.sampled_from(["examples", "input", "target_scores", "target", "task_prefix",
-                         "example_input_prefix", "example_output_prefix", "choice_prefix",
-                         "append_choices_to_input", "few_shot_example_separator", "name",
-                         "metrics", "preferred_score", "yes", "no"]), children, max_size=4),
-    max_leaves=16)
+    st.text(max_size=8), lambda children: st.lists(children, max_size=3) | st.dictionaries(
+        st.sampled_from([
+            "examples", "input", "target_scores", "target", "task_prefix", "example_input_prefix",
+            "example_output_prefix", "choice_prefix", "append_choices_to_input",
+            "few_shot_example_separator", "name", "metrics", "preferred_score", "yes", "no"
+        ]), children, max_size=4), max_leaves=16)
 
 
 @settings(max_examples=200, deadline=None, derandomize=True,

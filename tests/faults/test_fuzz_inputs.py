@@ -25,8 +25,10 @@ from trajax import checkpoints, data, safetensors_io, store
 from trajax.analysis import generation
 
 SEEN, REFUSED = {}, {}  # cases tried and, of those, refused with a clear error
-FUZZ = {"deadline": None, "derandomize": True, "suppress_health_check": [
-    HealthCheck.function_scoped_fixture, HealthCheck.too_slow]}
+FUZZ = {
+    "deadline": None, "derandomize": True,
+    "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+}
 
 
 def _seen(kind):
@@ -47,16 +49,16 @@ def _fresh_dir(tmp_path, kind):
 json_scalars = (st.none() | st.booleans() | st.integers(-10, 10) | st.floats() |
                 st.text(max_size=8))
 json_values = st.recursive(
-    json_scalars,
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(
-        st.sampled_from(["text", "body", "x", ""]), children, max_size=3),
-    max_leaves=8)
+    json_scalars, lambda children: st.lists(children, max_size=3) | st.dictionaries(
+        st.sampled_from(["text", "body", "x", ""]), children, max_size=3), max_leaves=8)
 
 # ---------------------------------------------------------------------------
 # 1. Documents: JSONL lines and raw text files.
 
-SPECIAL_TEXTS = ["", " ", "\n\t ", "\ufeff", "\ufeff\ufeffa", "a\u2028b", "\x00nul", "tab\there",
-                 "\ud800 lone surrogate", "pair \U0001f600", "x" * 5000, "\r\n", "a\rb"]
+SPECIAL_TEXTS = [
+    "", " ", "\n\t ", "\ufeff", "\ufeff\ufeffa", "a\u2028b", "\x00nul", "tab\there",
+    "\ud800 lone surrogate", "pair \U0001f600", "x" * 5000, "\r\n", "a\rb"
+]
 doc_texts = st.text(max_size=30) | st.sampled_from(SPECIAL_TEXTS)
 
 
@@ -75,9 +77,11 @@ def jsonl_lines(draw):
     return draw(st.sampled_from([b"", b" ", b"\t", b"\r"]))
   if kind == "bytes":
     return draw(st.binary(max_size=12)).replace(b"\n", b"")
-  return draw(st.sampled_from([b'{"text": "a"', b'{"text": "\x00"}', b'{"text": "\xff"}',
-                               b'{"text": "\xed\xa0\x80"}', b"[" * 3000, b"1" * 5000,
-                               b'{"text": "a"}{"text": "b"}', b'{"text": NaN}', b"\x00"]))
+  return draw(
+      st.sampled_from([
+          b'{"text": "a"', b'{"text": "\x00"}', b'{"text": "\xff"}', b'{"text": "\xed\xa0\x80"}',
+          b"[" * 3000, b"1" * 5000, b'{"text": "a"}{"text": "b"}', b'{"text": NaN}', b"\x00"
+      ]))
 
 
 def _jsonl_oracle(raw: bytes, key: str):
@@ -146,16 +150,19 @@ def _gutenberg_oracle(text: str) -> str:
   return (text[:min(cuts)] if cuts else text).strip()
 
 
-gutenberg_texts = st.lists(st.sampled_from([
-    "*** START OF THE PROJECT GUTENBERG EBOOK X ***", "*** END OF THE PROJECT GUTENBERG EBOOK X",
-    "End of the Project Gutenberg", "End of Project Gutenberg", "\n", "\r\n", "Body text.", " ",
-    "\ufeff"]), max_size=8).map("".join)
+gutenberg_texts = st.lists(
+    st.sampled_from([
+        "*** START OF THE PROJECT GUTENBERG EBOOK X ***",
+        "*** END OF THE PROJECT GUTENBERG EBOOK X", "End of the Project Gutenberg",
+        "End of Project Gutenberg", "\n", "\r\n", "Body text.", " ", "\ufeff"
+    ]), max_size=8).map("".join)
 
 
 @settings(max_examples=200, **FUZZ)
-@given(raw=st.one_of(st.binary(max_size=40), doc_texts.map(
-    lambda t: t.encode("utf-8", "surrogatepass")), gutenberg_texts.map(str.encode)),
-       gutenberg=st.booleans())
+@given(
+    raw=st.one_of(st.binary(max_size=40),
+                  doc_texts.map(lambda t: t.encode("utf-8", "surrogatepass")),
+                  gutenberg_texts.map(str.encode)), gutenberg=st.booleans())
 @example(raw="\ufeff\ufeffZero-width no-break space".encode(), gutenberg=False)
 @example(raw=b"*** START OF THE PROJECT GUTENBERG EBOOK X ***", gutenberg=True)
 def test_fuzzed_text_documents(tmp_path, raw, gutenberg):
@@ -189,19 +196,24 @@ def tok():
 
 
 # Long words run together: a prefix cut inside one tokenizes differently from the whole text.
-LONG_WORDS = ["information", "international", "communication", "responsibility", "understanding",
-              "environmental", "the", "and", "ing"]
+LONG_WORDS = [
+    "information", "international", "communication", "responsibility", "understanding",
+    "environmental", "the", "and", "ing"
+]
 WORDS = LONG_WORDS + [" ", "-", "\n", "日本語", "中文字", "é", "e\u0301", "\U0001f600"]
 
 
 @settings(max_examples=120, **FUZZ)
-@given(texts=st.lists(st.lists(st.sampled_from(LONG_WORDS), min_size=6, max_size=30).map("".join)
-                     | st.lists(st.sampled_from(WORDS), max_size=40).map("".join), max_size=4),
-       block_len=st.integers(-1, 16), max_docs=st.sampled_from([None, -1, 0, 1, 2, 3]),
-       bos_id=st.sampled_from([None, -1, 0, 2]), min_tokens=st.integers(0, 6))
-@example(texts=[("information responsibilityinformationinformationunderstandingandunderstanding"
-                 "thecommunicationingcommunication")], block_len=11, max_docs=None, bos_id=-1,
-         min_tokens=2)
+@given(
+    texts=st.lists(
+        st.lists(st.sampled_from(LONG_WORDS), min_size=6, max_size=30).map("".join) |
+        st.lists(st.sampled_from(WORDS), max_size=40).map("".join), max_size=4),
+    block_len=st.integers(-1, 16), max_docs=st.sampled_from([None, -1, 0, 1, 2, 3]),
+    bos_id=st.sampled_from([None, -1, 0, 2]), min_tokens=st.integers(0, 6))
+@example(
+    texts=[("information responsibilityinformationinformationunderstandingandunderstanding"
+            "thecommunicationingcommunication")], block_len=11, max_docs=None, bos_id=-1,
+    min_tokens=2)
 def test_fuzzed_make_blocks(tok, texts, block_len, max_docs, bos_id, min_tokens):
   """Each block is [BOS] + the start of the document's whole tokenisation, padded and masked."""
   _seen("make_blocks")
@@ -219,8 +231,9 @@ def test_fuzzed_make_blocks(tok, texts, block_len, max_docs, bos_id, min_tokens)
   except ValueError as e:
     _refused("make_blocks")
     msg = str(e)
-    assert (block_len < 2 and "block_len" in msg or max_docs is not None and max_docs < 1 and
-            "max_docs" in msg or not want and "no document" in msg), msg
+    assert (block_len < 2 and "block_len" in msg or
+            max_docs is not None and max_docs < 1 and "max_docs" in msg or
+            not want and "no document" in msg), msg
     return
   assert block_len >= 2 and (max_docs is None or max_docs >= 1) and want
   assert blocks.names == [n for n, _ in want]
@@ -233,6 +246,7 @@ def test_fuzzed_make_blocks(tok, texts, block_len, max_docs, bos_id, min_tokens)
 # ---------------------------------------------------------------------------
 # 2. Checkpoint config.json: valid transformers configs with fields mutated.
 
+
 def _hf_configs():
   from transformers import GPTNeoConfig, GPTNeoXConfig, OPTConfig
   from transformers.utils import logging as hf_logging
@@ -242,8 +256,8 @@ def _hf_configs():
     opt = OPTConfig(vocab_size=96, hidden_size=16, num_hidden_layers=2, ffn_dim=32,
                     num_attention_heads=4, max_position_embeddings=64).to_dict()
     neo = GPTNeoConfig(vocab_size=96, hidden_size=16, num_layers=2, num_heads=4,
-                       max_position_embeddings=64, attention_types=[[["global", "local"], 1]],
-                       window_size=4).to_dict()
+                       max_position_embeddings=64, attention_types=[[["global", "local"],
+                                                                     1]], window_size=4).to_dict()
     neox = GPTNeoXConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                          intermediate_size=64, max_position_embeddings=64).to_dict()
   finally:
@@ -255,65 +269,76 @@ def _hf_configs():
 
 
 HF_CONFIGS = _hf_configs()
-COMMON = ["model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-          "max_position_embeddings", "tie_word_embeddings", "bos_token_id", "eos_token_id",
-          "pad_token_id"]
+COMMON = [
+    "model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+    "max_position_embeddings", "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id"
+]
 CONFIG_FIELDS = {
-    "opt": COMMON + ["ffn_dim", "word_embed_proj_dim", "do_layer_norm_before",
-                     "_remove_final_layer_norm", "activation_function", "enable_bias",
-                     "layer_norm_elementwise_affine", "init_std"],
-    "gpt_neo": COMMON + ["num_layers", "num_heads", "intermediate_size", "attention_layers",
-                         "attention_types", "window_size", "activation_function",
-                         "layer_norm_epsilon", "initializer_range"],
-    "gpt_neox": COMMON + ["intermediate_size", "hidden_act", "rotary_pct", "rotary_emb_base",
-                          "rope_parameters", "rope_scaling", "layer_norm_eps",
-                          "use_parallel_residual", "attention_bias", "initializer_range"],
+    "opt": COMMON + [
+        "ffn_dim", "word_embed_proj_dim", "do_layer_norm_before", "_remove_final_layer_norm",
+        "activation_function", "enable_bias", "layer_norm_elementwise_affine", "init_std"
+    ],
+    "gpt_neo": COMMON + [
+        "num_layers", "num_heads", "intermediate_size", "attention_layers", "attention_types",
+        "window_size", "activation_function", "layer_norm_epsilon", "initializer_range"
+    ],
+    "gpt_neox": COMMON + [
+        "intermediate_size", "hidden_act", "rotary_pct", "rotary_emb_base", "rope_parameters",
+        "rope_scaling", "layer_norm_eps", "use_parallel_residual", "attention_bias",
+        "initializer_range"
+    ],
 }
 CONFIG_FIELDS["opt350"], CONFIG_FIELDS["pythia"] = CONFIG_FIELDS["opt"], CONFIG_FIELDS["gpt_neox"]
 # HF field -> the trajax Config attribute that must hold exactly the file's value.
-DIRECT = {"vocab_size": "vocab_size", "hidden_size": "hidden_size",
-          "max_position_embeddings": "max_position_embeddings", "ffn_dim": "ffn_dim",
-          "do_layer_norm_before": "do_layer_norm_before", "enable_bias": "enable_bias",
-          "_remove_final_layer_norm": "remove_final_layer_norm",
-          "layer_norm_elementwise_affine": "layer_norm_elementwise_affine",
-          "tie_word_embeddings": "tie_word_embeddings", "use_parallel_residual":
-          "use_parallel_residual", "attention_bias": "attention_bias", "window_size": "window_size",
-          "activation_function": "activation_function", "hidden_act": "hidden_act",
-          "init_std": "init_std",
-          "initializer_range": "initializer_range", "layer_norm_epsilon": "layer_norm_epsilon",
-          "layer_norm_eps": "layer_norm_eps"}
+DIRECT = {
+    "vocab_size": "vocab_size", "hidden_size": "hidden_size",
+    "max_position_embeddings": "max_position_embeddings", "ffn_dim": "ffn_dim",
+    "do_layer_norm_before": "do_layer_norm_before", "enable_bias": "enable_bias",
+    "_remove_final_layer_norm": "remove_final_layer_norm",
+    "layer_norm_elementwise_affine": "layer_norm_elementwise_affine",
+    "tie_word_embeddings": "tie_word_embeddings", "use_parallel_residual": "use_parallel_residual",
+    "attention_bias": "attention_bias", "window_size": "window_size",
+    "activation_function": "activation_function", "hidden_act": "hidden_act",
+    "init_std": "init_std", "initializer_range": "initializer_range",
+    "layer_norm_epsilon": "layer_norm_epsilon", "layer_norm_eps": "layer_norm_eps"
+}
 # An error about a field may name it by another spelling that the file also uses.
-ALIASES = {"num_layers": ["num_hidden_layers"], "num_hidden_layers": ["num_layers"],
-           "num_heads": ["num_attention_heads"], "num_attention_heads": ["num_heads"],
-           "attention_types": ["attention_layers"], "attention_layers": ["attention_types"],
-           "rope_parameters": ["rope_type", "partial_rotary_factor", "rope_theta"],
-           "rope_scaling": ["rope_type", "partial_rotary_factor", "rope_theta"]}
+ALIASES = {
+    "num_layers": ["num_hidden_layers"], "num_hidden_layers": ["num_layers"],
+    "num_heads": ["num_attention_heads"], "num_attention_heads": ["num_heads"],
+    "attention_types": ["attention_layers"], "attention_layers": ["attention_types"],
+    "rope_parameters": ["rope_type", "partial_rotary_factor", "rope_theta"],
+    "rope_scaling": ["rope_type", "partial_rotary_factor", "rope_theta"]
+}
 DELETE = object()
 
 hostile_values = st.one_of(
     st.none(), st.booleans(),
     st.sampled_from([0, 1, 2, 3, 4, 8, 16, 17, 32, 64, -1, -16, 2**31, 2**63, 10**30]),
     st.sampled_from([0.0, 0.25, 0.3, 0.5, 1.0, 1.5, 16.0, 16.5, -0.5, 1e-5, math.nan, math.inf]),
-    st.sampled_from(["", "16", "relu", "gelu", "gelu_new", "swish", "tanh", "true", "false",
-                     "global", "local", "opt", "gpt_neo", "llama"]),
+    st.sampled_from([
+        "", "16", "relu", "gelu", "gelu_new", "swish", "tanh", "true", "false", "global", "local",
+        "opt", "gpt_neo", "llama"
+    ]),
     st.sampled_from([[], [2], [2, 3], ["global", "local"], ["global"], ["local", "global", "x"],
                      [[["global", "local"], 1]], [[["local"], 2]], [[["global", "local"], -1]],
                      [[["global", "local"], "1"]], [["global", 2]], [[["global"], 1.5]],
                      [["global", "local"], 1], [[["x"], 2]], [[[], 3]], [None], [[None, 2]],
                      [[["global", "local"], 1, 2]], [[["global", "local"], 10**12]],
                      [[{"global": 1}, 2]]]),
-    st.sampled_from([{}, {"rope_type": "default"}, {"rope_type": "linear", "factor": 2.0},
-                     {"partial_rotary_factor": 0.5}, {"partial_rotary_factor": 0.3},
-                     {"partial_rotary_factor": "0.25"}, {"rope_theta": -1.0},
-                     {"rope_theta": 10000}, {"type": "dynamic"}, {"rope_type": None},
-                     {"rope_type": "default", "partial_rotary_factor": 2.0}]))
+    st.sampled_from([{}, {"rope_type": "default"}, {"rope_type": "linear",
+                                                    "factor": 2.0}, {"partial_rotary_factor": 0.5},
+                     {"partial_rotary_factor": 0.3}, {"partial_rotary_factor": "0.25"},
+                     {"rope_theta": -1.0}, {"rope_theta": 10000}, {"type": "dynamic"},
+                     {"rope_type": None}, {"rope_type": "default", "partial_rotary_factor": 2.0}]))
 
 
 @st.composite
 def mutated_configs(draw):
   base = draw(st.sampled_from(sorted(HF_CONFIGS)))
-  edits = draw(st.lists(st.tuples(st.sampled_from(CONFIG_FIELDS[base]),
-                                  hostile_values | st.just(DELETE)), min_size=1, max_size=3))
+  edits = draw(
+      st.lists(st.tuples(st.sampled_from(CONFIG_FIELDS[base]), hostile_values | st.just(DELETE)),
+               min_size=1, max_size=3))
   return base, dict(edits)
 
 
@@ -362,9 +387,10 @@ def test_fuzzed_config_gives_value_error_or_builds(tmp_path, case):
   assert fam.Config.from_hf_config(cfg.to_hf_config()) == cfg
 
 
-@pytest.mark.parametrize("raw", [b"", b"\xff\xfe{}", b"[" * 5000, b'{"model_type": 1' + b"0" * 5000
-                                 + b"}", b"[]", b'{"model_type": null}', b'{"model_type": {}}',
-                                 b'{"model_type": "opt", "vocab_size": NaN}'])
+@pytest.mark.parametrize("raw", [
+    b"", b"\xff\xfe{}", b"[" * 5000, b'{"model_type": 1' + b"0" * 5000 + b"}", b"[]",
+    b'{"model_type": null}', b'{"model_type": {}}', b'{"model_type": "opt", "vocab_size": NaN}'
+])
 def test_hostile_config_json_bytes(tmp_path, raw):
   (tmp_path / "config.json").write_bytes(raw)
   with pytest.raises(ValueError, match=str(tmp_path / "config.json")):
@@ -382,6 +408,7 @@ def test_every_truncation_of_a_config_json(tmp_path):
 
 # ---------------------------------------------------------------------------
 # 3. Sharded checkpoint indexes.
+
 
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory):
@@ -407,14 +434,16 @@ def _plain_name(name):
 
 @st.composite
 def index_docs(draw, outside):
-  shard = st.sampled_from(["s1.safetensors", "s2.safetensors", "link.safetensors",
-                           "missing.safetensors", "dir.safetensors", "sub/s1.safetensors",
-                           "./s1.safetensors", "../outside.safetensors", outside, "/etc/passwd",
-                           ".", "..", "", "s1.safetensors\x00"]) | json_scalars
+  shard = st.sampled_from([
+      "s1.safetensors", "s2.safetensors", "link.safetensors", "missing.safetensors",
+      "dir.safetensors", "sub/s1.safetensors", "./s1.safetensors", "../outside.safetensors",
+      outside, "/etc/passwd", ".", "..", "", "s1.safetensors\x00"
+  ]) | json_scalars
   weight_map = st.dictionaries(st.sampled_from(["a", "b", "c", "z"]), shard, max_size=4)
-  return draw(st.one_of(
-      st.fixed_dictionaries({"weight_map": weight_map}, optional={"metadata": json_values}),
-      st.fixed_dictionaries({"weight_map": json_values}), json_values))
+  return draw(
+      st.one_of(
+          st.fixed_dictionaries({"weight_map": weight_map}, optional={"metadata": json_values}),
+          st.fixed_dictionaries({"weight_map": json_values}), json_values))
 
 
 @pytest.mark.parametrize("index_name", [checkpoints.SAFETENSORS_INDEX, checkpoints.TORCH_BIN_INDEX])
@@ -443,15 +472,16 @@ def test_fuzzed_shard_index(shard_dir, index_name, data_):
     assert weights.read(key).shape == weights.shape(key)
 
 
-@pytest.mark.parametrize("name", ["../outside.safetensors", "OUTSIDE", "sub/s1.safetensors", "..",
-                                  "s1.safetensors/."])
+@pytest.mark.parametrize(
+    "name", ["../outside.safetensors", "OUTSIDE", "sub/s1.safetensors", "..", "s1.safetensors/."])
 def test_shard_outside_the_checkpoint_is_refused(shard_dir, name):
   name = name.replace("OUTSIDE", str(shard_dir.parent / "outside.safetensors"))
   index = shard_dir / checkpoints.SAFETENSORS_INDEX
   index.write_text(json.dumps({"weight_map": {"a": name}}))
   try:
-    with pytest.raises(ValueError, match=rf"{index}: shard name '{re.escape(name)}' for 'a' must "
-                                         rf"be a file name in the checkpoint directory"):
+    with pytest.raises(
+        ValueError, match=rf"{index}: shard name '{re.escape(name)}' for 'a' must "
+        rf"be a file name in the checkpoint directory"):
       checkpoints.HFWeights(shard_dir)
   finally:
     index.unlink()
@@ -460,8 +490,9 @@ def test_shard_outside_the_checkpoint_is_refused(shard_dir, name):
 def test_symlinked_shard_is_read(shard_dir):
   """Every file of a Hugging Face cache snapshot is a symlink (to ../../blobs/...)."""
   index = shard_dir / checkpoints.SAFETENSORS_INDEX
-  index.write_text(json.dumps({"weight_map": {"a": "s1.safetensors", "b": "s1.safetensors",
-                                              "c": "link.safetensors"}}))
+  index.write_text(
+      json.dumps(
+          {"weight_map": {"a": "s1.safetensors", "b": "s1.safetensors", "c": "link.safetensors"}}))
   try:
     weights = checkpoints.HFWeights(shard_dir)
   finally:
@@ -470,8 +501,10 @@ def test_symlinked_shard_is_read(shard_dir):
   np.testing.assert_array_equal(weights.read("c"), np.arange(4, dtype=np.float32))
 
 
-@pytest.mark.parametrize("raw", [b"\xff{}", b"[" * 5000, b'{"weight_map": 1' + b"0" * 5000 + b"}",
-                                 b'{"weight_map": []}', b'{"weight_map": {}}'])
+@pytest.mark.parametrize("raw", [
+    b"\xff{}", b"[" * 5000, b'{"weight_map": 1' + b"0" * 5000 + b"}", b'{"weight_map": []}',
+    b'{"weight_map": {}}'
+])
 def test_hostile_index_bytes(shard_dir, raw):
   index = shard_dir / checkpoints.SAFETENSORS_INDEX
   index.write_bytes(raw)
@@ -487,8 +520,10 @@ def test_hostile_index_bytes(shard_dir, raw):
 
 TOKENS = np.arange(16, dtype=np.int32).reshape(2, 8)
 MASK = np.ones((2, 8), bool)
-DATASET = {"dataset_hash": "d" * 64, "tokenizer_hash": "t" * 64, "block_shape": [2, 8],
-           "documents": ["a.txt", "b.txt"], "n_predictions": 14}
+DATASET = {
+    "dataset_hash": "d" * 64, "tokenizer_hash": "t" * 64, "block_shape": [2, 8],
+    "documents": ["a.txt", "b.txt"], "n_predictions": 14
+}
 META = {"steps": [10, 20], "tokens_per_step": 100, "params": 1234, "paths": ["p/10", "p/20"]}
 
 
@@ -499,10 +534,10 @@ def _store(workdir):
 
 
 store_values = st.one_of(
-    json_scalars, st.sampled_from([[], [2, 8], [8, 2], [2], [2, 8, 1], [-2, -8], ["2", "8"],
-                                   [10, 20], [20, 10], [10], [10, "20"], [10.5, 20],
-                                   [True, False], ["a.txt"], ["a.txt", 3], {"x": 1}, 10**30,
-                                   "d" * 64, "t" * 64, 100, -100, 0, 2.5]))
+    json_scalars,
+    st.sampled_from([[], [2, 8], [8, 2], [2], [2, 8, 1], [-2, -8], ["2", "8"], [10, 20], [20, 10],
+                     [10], [10, "20"], [10.5, 20], [True, False], ["a.txt"], ["a.txt", 3], {"x": 1},
+                     10**30, "d" * 64, "t" * 64, 100, -100, 0, 2.5]))
 
 
 @st.composite
@@ -517,9 +552,9 @@ def corrupt_json(draw, good):
   if how == "value":
     return json.dumps(draw(json_values)).encode()
   obj = dict(good)
-  for key, value in draw(st.lists(st.tuples(st.sampled_from(sorted(good) + ["x"]),
-                                            store_values | st.just(DELETE)),
-                                  min_size=1, max_size=3)):
+  for key, value in draw(
+      st.lists(st.tuples(st.sampled_from(sorted(good) + ["x"]), store_values | st.just(DELETE)),
+               min_size=1, max_size=3)):
     if value is DELETE:
       obj.pop(key, None)
     else:
@@ -579,6 +614,7 @@ def test_every_truncation_of_store_tokens(tmp_path):
 # ---------------------------------------------------------------------------
 # 5. Generation files: generated texts (JSONL) and perplexity rows (CSV).
 
+
 def _read_jsonl_oracle(raw: bytes, fields):
   out = []
   for lineno, line in enumerate(raw.split(b"\n"), 1):
@@ -619,9 +655,11 @@ def test_fuzzed_generation_jsonl(tmp_path, lines, fields):
     assert json.dumps(got) == json.dumps(want)  # NaN-safe equality
 
 
-csv_cells = st.one_of(st.sampled_from(["", "opt-125m", "7", "-3", "3.5", "nan", "inf", "1e3",
-                                       "x", "2.0", "None", "\x00", "a,b", 'q"uote', "l\nf"]),
-                      st.text(max_size=5))
+csv_cells = st.one_of(
+    st.sampled_from([
+        "", "opt-125m", "7", "-3", "3.5", "nan", "inf", "1e3", "x", "2.0", "None", "\x00", "a,b",
+        'q"uote', "l\nf"
+    ]), st.text(max_size=5))
 
 
 @st.composite
@@ -645,8 +683,7 @@ INT_COLS = ("n_texts", "n_tokens", "n_seqs")
 
 
 @settings(max_examples=200, **FUZZ)
-@given(data_=st.data(), fields=st.sampled_from([generation.PPL_FIELDS,
-                                                generation.CORRUPT_FIELDS]))
+@given(data_=st.data(), fields=st.sampled_from([generation.PPL_FIELDS, generation.CORRUPT_FIELDS]))
 def test_fuzzed_generation_csv(tmp_path, data_, fields):
   """A ValueError naming the file, or rows with every field, typed as the writer wrote them."""
   _seen("generation csv")

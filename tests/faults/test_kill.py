@@ -29,20 +29,23 @@ def _config(tmp_path, tiny_ckpt):
 
 
 def _cli(config, workdir):
-  return [sys.executable, str(ROOT / "launch" / "score.py"), f"--config={ROOT}/configs/score.py",
-          f"--config.trajectory={config.trajectory}", f"--config.tokenizer={config.tokenizer}",
-          f"--config.data.files={config.data.files}", "--config.data.block_len=256",
-          "--config.batch_size=2", f"--workdir={workdir}"]
+  return [
+      sys.executable,
+      str(ROOT / "launch" / "score.py"), f"--config={ROOT}/configs/score.py",
+      f"--config.trajectory={config.trajectory}", f"--config.tokenizer={config.tokenizer}",
+      f"--config.data.files={config.data.files}", "--config.data.block_len=256",
+      "--config.batch_size=2", f"--workdir={workdir}"
+  ]
 
 
 def test_sigkill_at_seeded_points_then_resume_is_bitwise_identical(tmp_path, tiny_ckpt):
   config = _config(tmp_path, tiny_ckpt)
   clean, out = tmp_path / "clean", tmp_path / "killed"
   points = killpoints.traced_run(_cli(config, clean), tmp_path / "trace.txt")
-  kills = killpoints.choose(killpoints.retarget(points, clean, out), SEED,
-                            required=("atomic:*/store/dataset.json", "atomic:*/store/tokens.npz",
-                                      "atomic:*/store/m/meta.json", "store.row:m:*",
-                                      "store.done:m:*"), extra=0)
+  kills = killpoints.choose(
+      killpoints.retarget(points, clean, out), SEED,
+      required=("atomic:*/store/dataset.json", "atomic:*/store/tokens.npz",
+                "atomic:*/store/m/meta.json", "store.row:m:*", "store.done:m:*"), extra=0)
   cases = killpoints.kill_then_resume(_cli(config, out), kills)
   print(f"\nscore fault cases (kill point, exit code): {cases}")
   killpoints.assert_same_tree(out, clean)

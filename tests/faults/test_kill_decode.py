@@ -30,11 +30,14 @@ def _cmd(tmp_path, tiny_ckpt):
   docs.mkdir()
   for i in range(6):
     (docs / f"{i}.txt").write_text(f"Document {i} tells of the river. " * 12)
-  return [sys.executable, str(ROOT / "launch" / "decode.py"), f"--config={ROOT}/configs/decode.py",
-          f"--config.trajectory={manifest}", f"--config.tokenizer={OPT_TOKENIZER}",
-          f"--config.data.files={docs / '*.txt'}", f"--config.max_new_tokens={NEW_TOKENS}",
-          "--config.batch_size=4", "--config.score_batch_size=4",
-          "--config.corrupted.max_length=24", "--config.corrupted.fractions=(0.2, 1.0)"]
+  return [
+      sys.executable,
+      str(ROOT / "launch" / "decode.py"), f"--config={ROOT}/configs/decode.py",
+      f"--config.trajectory={manifest}", f"--config.tokenizer={OPT_TOKENIZER}",
+      f"--config.data.files={docs / '*.txt'}", f"--config.max_new_tokens={NEW_TOKENS}",
+      "--config.batch_size=4", "--config.score_batch_size=4", "--config.corrupted.max_length=24",
+      "--config.corrupted.fractions=(0.2, 1.0)"
+  ]
 
 
 def test_sigkill_during_decoding_then_resume_equals_clean_run(tmp_path, tiny_ckpt):
@@ -43,10 +46,10 @@ def test_sigkill_during_decoding_then_resume_equals_clean_run(tmp_path, tiny_ckp
   points = killpoints.traced_run(cmd + [f"--workdir={clean}"], tmp_path / "trace.txt")
   # Inside the writes of the generations (JSONL), the per-checkpoint PPL (CSV), the
   # corrupted-text PPL, the example table and a figure.
-  kills = killpoints.choose(killpoints.retarget(points, clean, out), SEED,
-                            required=("atomic:*/generations_*.jsonl", "atomic:*/generated_ppl_*.csv",
-                                      "atomic:*/corrupted_ppl.csv", "atomic:*/examples_*.md",
-                                      "atomic:*.png"), extra=0)
+  kills = killpoints.choose(
+      killpoints.retarget(points, clean, out), SEED,
+      required=("atomic:*/generations_*.jsonl", "atomic:*/generated_ppl_*.csv",
+                "atomic:*/corrupted_ppl.csv", "atomic:*/examples_*.md", "atomic:*.png"), extra=0)
   cases = killpoints.kill_then_resume(cmd + [f"--workdir={out}"], kills)
   print(f"\ndecode fault cases (kill point, exit code): {cases}")
   killpoints.assert_same_tree(out, clean)

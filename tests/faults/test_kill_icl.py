@@ -24,11 +24,13 @@ def _setup(tmp_path, tiny_ckpt):
                         max_position_embeddings=2048)
     ckpts.append(((k + 1) * 10, path))
   manifest = write_manifest(str(tmp_path / "traj.json"), {"m": (100, ckpts)})
-  return [sys.executable, str(ROOT / "launch" / "icl.py"), f"--config={ROOT}/configs/icl.py",
-          f"--config.trajectory={manifest}", f"--config.tokenizer={OPT_TOKENIZER}",
-          f"--config.tasks_dir={SHARED_DATA / 'bigbench'}",
-          f"--config.task_names=({','.join(repr(t) for t in TASKS)},)",
-          "--config.max_examples=8"]
+  return [
+      sys.executable,
+      str(ROOT / "launch" / "icl.py"), f"--config={ROOT}/configs/icl.py",
+      f"--config.trajectory={manifest}", f"--config.tokenizer={OPT_TOKENIZER}",
+      f"--config.tasks_dir={SHARED_DATA / 'bigbench'}",
+      f"--config.task_names=({','.join(repr(t) for t in TASKS)},)", "--config.max_examples=8"
+  ]
 
 
 def test_sigkill_during_icl_then_resume_equals_clean_run(tmp_path, tiny_ckpt):
@@ -36,9 +38,10 @@ def test_sigkill_during_icl_then_resume_equals_clean_run(tmp_path, tiny_ckpt):
   clean, out = tmp_path / "clean", tmp_path / "killed"
   points = killpoints.traced_run(cmd + [f"--workdir={clean}"], tmp_path / "trace.txt")
   # Inside the writes of a checkpoint's option scores, of results.csv and of a figure.
-  kills = killpoints.choose(killpoints.retarget(points, clean, out), SEED,
-                            required=("atomic:*/icl/options/m/*", "atomic:*/icl/results.csv",
-                                      "atomic:*/icl/*.png"), extra=1)
+  kills = killpoints.choose(
+      killpoints.retarget(points, clean, out), SEED,
+      required=("atomic:*/icl/options/m/*", "atomic:*/icl/results.csv", "atomic:*/icl/*.png"),
+      extra=1)
   cases = killpoints.kill_then_resume(cmd + [f"--workdir={out}"], kills)
   print(f"\nICL fault cases (kill point, exit code): {cases}")
   killpoints.assert_same_tree(out, clean)

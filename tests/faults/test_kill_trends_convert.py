@@ -18,16 +18,19 @@ def test_sigkill_during_trends_then_resume_equals_clean_run(tmp_path, tiny_ckpt)
   config = test_kill._config(tmp_path, tiny_ckpt)  # pylint: disable=protected-access
   scored = tmp_path / "scored"
   sweep.run(config, str(scored))
-  cmd = [sys.executable, str(ROOT / "launch" / "trends.py"), f"--config={ROOT}/configs/trends.py",
-         f"--config.store_workdir={scored}", f"--config.tokenizer={OPT_TOKENIZER}",
-         "--config.selectors=('self',)",
-         "--config.fractions=(0.1, 0.5)", "--config.subset_fractions=(0.1,)"]
+  cmd = [
+      sys.executable,
+      str(ROOT / "launch" / "trends.py"), f"--config={ROOT}/configs/trends.py",
+      f"--config.store_workdir={scored}", f"--config.tokenizer={OPT_TOKENIZER}",
+      "--config.selectors=('self',)", "--config.fractions=(0.1, 0.5)",
+      "--config.subset_fractions=(0.1,)"
+  ]
   clean, out = tmp_path / "clean", tmp_path / "killed"
   points = killpoints.traced_run(cmd + [f"--workdir={clean}"], tmp_path / "trace.txt")
-  kills = killpoints.choose(killpoints.retarget(points, clean, out), SEED,
-                            required=("atomic:*/trends/*.png", "atomic:*/trends/*.csv",
-                                      "atomic:*/trends/*.html", "atomic:*/trends/summary.json"),
-                            extra=0)
+  kills = killpoints.choose(
+      killpoints.retarget(points, clean, out), SEED,
+      required=("atomic:*/trends/*.png", "atomic:*/trends/*.csv", "atomic:*/trends/*.html",
+                "atomic:*/trends/summary.json"), extra=0)
   cases = killpoints.kill_then_resume(cmd + [f"--workdir={out}"], kills)
   print(f"\ntrends fault cases (kill point, exit code): {cases}")
   killpoints.assert_same_tree(out, clean, ignore=("trends/summary.json",))
@@ -42,9 +45,10 @@ def test_sigkill_during_conversion_then_resume_equals_clean_run(tmp_path, tiny_c
   cmd = [sys.executable, str(ROOT / "launch" / "convert.py"), f"--trajectory={config.trajectory}"]
   clean, out = tmp_path / "clean", tmp_path / "killed"
   points = killpoints.traced_run(cmd + [f"--out_root={clean}"], tmp_path / "trace.txt")
-  kills = killpoints.choose(killpoints.retarget(points, clean, out), SEED,
-                            required=("convert.complete:*", "atomic:*/trajax_orbax.json",
-                                      "atomic:*/trajectory.json"), extra=0)
+  kills = killpoints.choose(
+      killpoints.retarget(points, clean, out), SEED,
+      required=("convert.complete:*", "atomic:*/trajax_orbax.json", "atomic:*/trajectory.json"),
+      extra=0)
   cases = killpoints.kill_then_resume(cmd + [f"--out_root={out}"], kills)
   # Overwriting: killed with the old checkpoint moved aside and the new one not yet in place.
   swap = killpoints.retarget(

@@ -33,8 +33,8 @@ def test_claim_removes_only_trajax_temporaries(tmp_path, caplog):
   with caplog.at_level("INFO"):
     with workdir.claim(root):
       pass
-  left = sorted(os.path.relpath(os.path.join(t, n), root)
-                for t, ds, fs in os.walk(root) for n in ds + fs)
+  left = sorted(
+      os.path.relpath(os.path.join(t, n), root) for t, ds, fs in os.walk(root) for n in ds + fs)
   for rel in RESIDUE:
     assert rel not in left
   for rel in KEPT:
@@ -56,11 +56,13 @@ def test_patterns_match_what_the_writers_make(tmp_path):
 def test_a_nested_workdir_held_by_a_live_run_is_left_alone(tmp_path):
   root = tmp_path / "w"
   nested = root / "trends"
-  holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
-       "from trajax import workdir; cm = workdir.claim(sys.argv[2]); cm.__enter__();"
-       "print('held', flush=True); sys.stdin.read()", str(ROOT), str(nested)],
-      stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+  holder = subprocess.Popen([
+      sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
+      "from trajax import workdir; cm = workdir.claim(sys.argv[2]); cm.__enter__();"
+      "print('held', flush=True); sys.stdin.read()",
+      str(ROOT),
+      str(nested)
+  ], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
   try:
     assert holder.stdout.readline().strip() == "held"
     _touch(str(nested / ".fig.png.tmp-123"))  # the live run's write in progress
@@ -96,8 +98,8 @@ def test_single_conversion_sweeps_dead_converters_only(tmp_path):
   (out.parent / f".step1.tmp-{os.getpid()}-00bb").mkdir()  # this live process's own
   (out.parent / f".step2.tmp-{dead}-00cc").mkdir()  # another checkpoint's: not ours to judge
   assert orbax_checkpoints.sweep_conversion_residue(str(out)) == 1
-  assert sorted(os.listdir(out.parent)) == sorted([f".step1.tmp-{os.getpid()}-00bb",
-                                                   f".step2.tmp-{dead}-00cc"])
+  assert sorted(os.listdir(out.parent)) == sorted(
+      [f".step1.tmp-{os.getpid()}-00bb", f".step2.tmp-{dead}-00cc"])
 
 
 def test_fault_spec_is_checked():

@@ -39,7 +39,6 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 PPL_FIELDS = ("model", "step", "config", "method", "ppl", "n_texts", "n_tokens")
 CORRUPT_FIELDS = ("model", "step", "fraction", "ppl", "n_seqs", "n_tokens")
 
-
 # ---------------------------------------------------------------------------
 # Prompts and generation.
 
@@ -66,8 +65,10 @@ def make_prompts(docs: Sequence[data.Document], tokenizer, prompt_tokens: int = 
     ids = data.encode_prefix(tokenizer, doc.text, prompt_tokens)
     if len(ids) < prompt_tokens:
       continue
-    out.append({"doc": doc.name, "prompt_ids": prefix + [int(i) for i in ids],
-                "prompt_text": tokenizer.decode(ids)})
+    out.append({
+        "doc": doc.name, "prompt_ids": prefix + [int(i) for i in ids],
+        "prompt_text": tokenizer.decode(ids)
+    })
   if not out:
     raise ValueError(f"no document has {prompt_tokens} tokens to make a prompt from")
   return out
@@ -111,16 +112,16 @@ def generate_texts(small, large, prompts: Sequence[dict], tokenizer, *,
           ids[i, width - len(p["prompt_ids"]):] = p["prompt_ids"]
           mask[i, width - len(p["prompt_ids"]):] = True
         g = decoding.generate(small, large, ids, mask, max_new_tokens=max_new_tokens,
-                              lambdas=config, method=method, top_p=top_p,
-                              temperature=temperature, seed=seed + start, eos_id=eos_id,
-                              vocab_size=vocab_size)
+                              lambdas=config, method=method, top_p=top_p, temperature=temperature,
+                              seed=seed + start, eos_id=eos_id, vocab_size=vocab_size)
         for p, gen in zip(chunk[:rows], g.continuations()[:rows]):
           records.append({
               "config": config, "lambdas": list(sampling.CONFIGS[config]), "method": method,
-              "seed": seed, "max_new_tokens": max_new_tokens, "top_p": top_p,
-              "doc": p["doc"], "prompt_ids": list(p["prompt_ids"]),
-              "prompt_text": p["prompt_text"], "generated_ids": [int(t) for t in gen],
-              "generated_text": tokenizer.decode(gen), "degenerate_steps": g.degenerate_steps})
+              "seed": seed, "max_new_tokens": max_new_tokens, "top_p": top_p, "doc": p["doc"],
+              "prompt_ids": list(p["prompt_ids"]), "prompt_text": p["prompt_text"],
+              "generated_ids": [int(t) for t in gen], "generated_text": tokenizer.decode(gen),
+              "degenerate_steps": g.degenerate_steps
+          })
       if log:
         log(f"generated {len(prompts)} texts: {config} {method} "
             f"({time.perf_counter() - t0:.1f}s)")
@@ -162,8 +163,10 @@ def write_csv(rows: Sequence[dict], path: str | os.PathLike, fields: Sequence[st
     w = csv.DictWriter(f, fieldnames=list(fields))
     w.writeheader()
     for r in rows:
-      w.writerow({k: repr(float(v)) if isinstance(v, (float, np.floating)) else v
-                  for k, v in r.items() if k in fields})
+      w.writerow({
+          k: repr(float(v)) if isinstance(v, (float, np.floating)) else v for k, v in r.items()
+          if k in fields
+      })
   return os.fspath(path)
 
 
@@ -246,9 +249,10 @@ def score_texts(texts: Sequence[dict], checkpoint_paths_by_model: Mapping[str, o
       new = []
       for (config, method), idx in groups.items():
         nll = -lp[idx][cont[idx]]
-        new.append({"model": name, "step": step, "config": config, "method": method,
-                    "ppl": float(np.exp(nll.mean())), "n_texts": len(idx),
-                    "n_tokens": int(nll.size)})
+        new.append({
+            "model": name, "step": step, "config": config, "method": method,
+            "ppl": float(np.exp(nll.mean())), "n_texts": len(idx), "n_tokens": int(nll.size)
+        })
       rows += new
       if on_rows:
         on_rows(new)
@@ -273,16 +277,16 @@ def document_tokens(docs: Sequence[data.Document], tokenizer, max_length: int = 
 
 def corruption_seed(seed: int, fraction: float, index: int) -> int:
   """The corruption rng seed of sequence `index` at `fraction` (independent streams)."""
-  return int(np.random.SeedSequence([int(seed), int(round(fraction * 1000)),
-                                     int(index)]).generate_state(1)[0])
+  return int(
+      np.random.SeedSequence([int(seed), int(round(fraction * 1000)),
+                              int(index)]).generate_state(1)[0])
 
 
-def corrupted_rows(seqs: Sequence[np.ndarray], final_by_model: Mapping[str, object], *,
-                   vocab_ids, fractions: Sequence[float] = corruption.PAPER_FRACTIONS,
-                   max_length: int = corruption.PAPER_MAX_LENGTH, seed: int = 0,
-                   bos_id: int = 2, steps: Mapping[str, int] | None = None,
-                   dtype=jnp.float32, batch_size: int = 8, load=checkpoints.load_hf
-                   ) -> list[dict]:
+def corrupted_rows(seqs: Sequence[np.ndarray], final_by_model: Mapping[str, object], *, vocab_ids,
+                   fractions: Sequence[float] = corruption.PAPER_FRACTIONS,
+                   max_length: int = corruption.PAPER_MAX_LENGTH, seed: int = 0, bos_id: int = 2,
+                   steps: Mapping[str, int] | None = None, dtype=jnp.float32, batch_size: int = 8,
+                   load=checkpoints.load_hf) -> list[dict]:
   """Perplexity of corrupted documents under final checkpoints (paper Fig. 5 left).
 
   Sequence i at fraction f is `corruption.replace(seqs[i], f, vocab_ids,
@@ -304,18 +308,22 @@ def corrupted_rows(seqs: Sequence[np.ndarray], final_by_model: Mapping[str, obje
   prefix = [] if bos_id is None or bos_id < 0 else [int(bos_id)]
   blocks = {}
   for f in fractions:
-    corrupted = [prefix + corruption.replace(s, f, vocab_ids, corruption_seed(seed, f, i),
-                                             max_length).tolist() for i, s in enumerate(seqs)]
-    blocks[f] = _continuation_block([{"prompt_ids": c[:1], "generated_ids": c[1:]}
-                                     for c in corrupted])
+    corrupted = [
+        prefix +
+        corruption.replace(s, f, vocab_ids, corruption_seed(seed, f, i), max_length).tolist()
+        for i, s in enumerate(seqs)
+    ]
+    blocks[f] = _continuation_block(
+        [{"prompt_ids": c[:1], "generated_ids": c[1:]} for c in corrupted])
   rows = []
   for name, entry in final_by_model.items():
     scorer = Scorer(_as_model(entry, load, dtype))
     for f, (ids, mask, cont) in blocks.items():
       nll = -scorer.score_blocks(ids, mask, batch_size=batch_size).astype(np.float64)[cont]
-      rows.append({"model": name, "step": (steps or {}).get(name, ""), "fraction": float(f),
-                   "ppl": float(np.exp(nll.mean())), "n_seqs": len(seqs),
-                   "n_tokens": int(nll.size)})
+      rows.append({
+          "model": name, "step": (steps or {}).get(name, ""), "fraction": float(f),
+          "ppl": float(np.exp(nll.mean())), "n_seqs": len(seqs), "n_tokens": int(nll.size)
+      })
   return rows
 
 
@@ -355,8 +363,10 @@ def example_table(texts: Sequence[dict], n_prompts: int = 2, fmt: str = "markdow
     else:
       out.append(f"<p><b>Prompt:</b> {html.escape(sel[0]['prompt_text'])}</p>")
       out.append("<table><tr><th>method</th><th>config</th><th>generation</th></tr>")
-      out += [f"<tr><td>{html.escape(t['method'])}</td><td>{html.escape(t['config'])}</td>"
-              f"<td>{html.escape(t['generated_text'])}</td></tr>" for t in sel]
+      out += [
+          f"<tr><td>{html.escape(t['method'])}</td><td>{html.escape(t['config'])}</td>"
+          f"<td>{html.escape(t['generated_text'])}</td></tr>" for t in sel
+      ]
       out.append("</table>")
   return "\n".join(out)
 
@@ -433,8 +443,9 @@ def plot_generated_scaling(png_path, rows: Sequence[dict], params_by_model: Mapp
       by = {r["model"]: r["ppl"] for r in rows if r["config"] == config and r["method"] == method}
       ms = [m for m in models if m in by]
       ax.plot([params_by_model[m] for m in ms], [by[m] for m in ms], marker="o", label=method)
-      table += [{"config": config, "method": method, "model": m, "params": params_by_model[m],
-                 "ppl": by[m]} for m in ms]
+      table += [{
+          "config": config, "method": method, "model": m, "params": params_by_model[m], "ppl": by[m]
+      } for m in ms]
     ax.set(xscale="log", title=config, xlabel="parameters")
     ax.legend(fontsize=7)
   axes[0][0].set_ylabel("perplexity")
@@ -464,15 +475,15 @@ def plot_generated_trajectory(png_path, rows: Sequence[dict],
   table = []
   for ax, config in zip(axes[0], configs):
     for model in x_by_model:
-      pts = sorted((r["step"], r["ppl"]) for r in rows
-                   if r["config"] == config and r["model"] == model
-                   and r["step"] in x_by_model[model])
+      pts = sorted(
+          (r["step"], r["ppl"]) for r in rows
+          if r["config"] == config and r["model"] == model and r["step"] in x_by_model[model])
       if not pts:
         continue
       xs = [x_by_model[model][s] for s, _ in pts]
       ax.plot(xs, [p for _, p in pts], marker=".", label=model)
-      table += [{"config": config, "model": model, "step": s, "x": x_by_model[model][s],
-                 "ppl": p} for s, p in pts]
+      table += [{"config": config, "model": model, "step": s, "x": x_by_model[model][s], "ppl": p}
+                for s, p in pts]
     ax.set(xscale="log" if logx else "linear", title=f"{config} ({method})", xlabel=xlabel)
     ax.legend(fontsize=7)
   axes[0][0].set_ylabel("perplexity")
@@ -496,8 +507,7 @@ def _params(model: trajectory.Model) -> int:
 def _flops_by_step(model: trajectory.Model, seq_len: int) -> dict[int, float]:
   """Training FLOPs per step (PaLM's 6N + 12LHQT, as the paper; `trajax.flops`)."""
   _, cfg = checkpoints.model_config(model.checkpoints[-1].path)
-  f, _ = flops.training_flops_for_config(cfg, model.steps, model.tokens_per_step,
-                                         seq_len=seq_len)
+  f, _ = flops.training_flops_for_config(cfg, model.steps, model.tokens_per_step, seq_len=seq_len)
   return dict(zip(model.steps, f.tolist()))
 
 
@@ -519,8 +529,9 @@ def _read_rows(path, fields):
     raise ValueError(f"{path}:{lineno}: invalid UTF-8 at byte {e.start}") from None
   if not text.strip():  # nothing written yet: the rows are computed afresh
     return []
-  parse = {"step": int, "ppl": float, "fraction": float, "n_texts": int, "n_tokens": int,
-           "n_seqs": int}
+  parse = {
+      "step": int, "ppl": float, "fraction": float, "n_texts": int, "n_tokens": int, "n_seqs": int
+  }
   # Split on "\n" only: a cell may hold other line separators (U+2028) that csv keeps.
   reader = csv.reader(line + "\n" for line in text.split("\n"))
   rows, header = [], None
@@ -581,8 +592,7 @@ def _run_unlocked(config, workdir: str) -> dict:
 
   gen_path = os.path.join(workdir, f"generations_{n}.jsonl")
   if os.path.exists(gen_path):
-    texts = read_jsonl(gen_path, fields=("config", "method", "seed", "prompt_ids",
-                                         "generated_ids"))
+    texts = read_jsonl(gen_path, fields=("config", "method", "seed", "prompt_ids", "generated_ids"))
     have = {(t["config"], t["method"], t["seed"]) for t in texts}
     want = {(c, m, config.seed) for c in config.configs for m in config.methods}
     if have != want:
@@ -599,8 +609,8 @@ def _run_unlocked(config, workdir: str) -> dict:
     texts = generate_texts(small, large, prompts, tokenizer, configs=tuple(config.configs),
                            methods=tuple(config.methods), max_new_tokens=n, top_p=config.top_p,
                            temperature=config.temperature, seed=config.seed,
-                           batch_size=config.batch_size, eos_id=config.eos_id,
-                           vocab_size=vocab, log=logging.info)
+                           batch_size=config.batch_size, eos_id=config.eos_id, vocab_size=vocab,
+                           log=logging.info)
     del small, large
     write_jsonl(texts, gen_path)
   out["generations"] = gen_path
@@ -609,8 +619,11 @@ def _run_unlocked(config, workdir: str) -> dict:
 
   ppl_path = os.path.join(workdir, f"generated_ppl_{n}.csv")
   rows = _read_rows(ppl_path, PPL_FIELDS)
-  ckpts = {m.name: [(c.step, c.path) for c in (m.checkpoints if config.score_all_checkpoints
-                                               else m.checkpoints[-1:])] for m in traj.models}
+  ckpts = {
+      m.name: [(c.step, c.path)
+               for c in (m.checkpoints if config.score_all_checkpoints else m.checkpoints[-1:])
+              ] for m in traj.models
+  }
 
   def save(new):
     rows.extend(new)
@@ -627,15 +640,17 @@ def _run_unlocked(config, workdir: str) -> dict:
     if not crows:
       seqs = document_tokens(docs, tokenizer, config.corrupted.max_length,
                              config.corrupted.max_docs or None)
-      special = [i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id,
-                             tokenizer.pad_token_id, tokenizer.unk_token_id) if i is not None]
+      special = [
+          i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                      tokenizer.unk_token_id) if i is not None
+      ]
       vocab_ids = corruption.candidate_ids(len(tokenizer), exclude=special)
       crows = corrupted_rows(seqs, {m.name: m.checkpoints[-1].path for m in traj.models},
                              vocab_ids=vocab_ids, fractions=tuple(config.corrupted.fractions),
                              max_length=config.corrupted.max_length, seed=config.seed,
                              bos_id=tokenizer.bos_token_id,
-                             steps={m.name: m.checkpoints[-1].step for m in traj.models},
-                             dtype=dtype, batch_size=config.score_batch_size)
+                             steps={m.name: m.checkpoints[-1].step for m in traj.models
+                                   }, dtype=dtype, batch_size=config.score_batch_size)
       write_csv(crows, cpath, CORRUPT_FIELDS)
     out["corrupted_ppl"] = cpath
     out["fig5"] = plot_corrupted(os.path.join(workdir, "fig5_corrupted.png"), crows, params)[0]
@@ -647,8 +662,10 @@ def _run_unlocked(config, workdir: str) -> dict:
   if config.store_dir:
     from trajax import store  # pylint: disable=g-import-not-at-top
     reader = store.open(config.store_dir)
-    valid = {m: dict(zip(reader.done_steps(m).tolist(), reader.valid_ppl(m).tolist()))
-             for m in reader.models if m in params}
+    valid = {
+        m: dict(zip(reader.done_steps(m).tolist(),
+                    reader.valid_ppl(m).tolist())) for m in reader.models if m in params
+    }
   for method in sorted({r["method"] for r in rows}):
     out[f"fig6_flops_{method}"] = plot_generated_trajectory(
         os.path.join(workdir, f"fig6_flops_{method}_{n}.png"), rows, flops_by, method)[0]

@@ -60,14 +60,13 @@ FLOPS_METHODS = flops.FLOPS_METHODS
 FINGERPRINT_FIELDS = ("shots", "seed", "max_examples", "normalization", "dtype")
 GROUPS = (("linearity", icl.LINEARITY_TASKS), ("breakthroughness", icl.BREAKTHROUGHNESS_TASKS))
 
-
 # ----------------------------------------------------------------------------
 # Models: architecture, size, FLOPs
 # ----------------------------------------------------------------------------
 
+
 class ModelInfo:
   """A manifest model with what the study needs: config, N, FLOPs per step."""
-
   def __init__(self, m: trajectory.Model, flops_method: str, seq_len: int):
     self.model = m
     self.name = m.name
@@ -81,7 +80,7 @@ class ModelInfo:
     fam = models.family(c.family)
     self.params = int(m.params or fam.param_count(c))
     self.flops_c, _ = flops.training_flops_for_config(c, m.steps, m.tokens_per_step, m.params,
-                                                       flops_method, seq_len)
+                                                      flops_method, seq_len)
     self.flops_by_step = dict(zip(m.steps, self.flops_c.tolist()))
 
 
@@ -93,9 +92,9 @@ def checkpoint_id(model: str, step: int) -> str:
 # Requests, built once
 # ----------------------------------------------------------------------------
 
+
 class RequestCache:
   """Prompts and tokenised option requests per (task, context length), built on first use."""
-
   def __init__(self, tasks: Sequence[icl.BigBenchTask], tokenizer, shots: int, seed: int,
                max_examples: int | None):
     self.tasks = {t.name: t for t in tasks}
@@ -121,15 +120,17 @@ class RequestCache:
       self.build_s += dt
       reqs = self._requests[key]
       n_tok = sum(len(r.tokens) for r in reqs)
-      logging.info("requests %s: %d examples, %d options, %d tokens, built in %.1fs "
-                   "(%.0f options/s)", task, len(prompts), len(reqs), n_tok, dt,
-                   len(reqs) / max(dt, 1e-9))
+      logging.info(
+          "requests %s: %d examples, %d options, %d tokens, built in %.1fs "
+          "(%.0f options/s)", task, len(prompts), len(reqs), n_tok, dt,
+          len(reqs) / max(dt, 1e-9))
     return self._requests[key]
 
 
 # ----------------------------------------------------------------------------
 # Scoring one checkpoint
 # ----------------------------------------------------------------------------
+
 
 def _load(path: str, dtype):
   t0 = time.perf_counter()
@@ -144,17 +145,18 @@ def _option_rows(requests, scores: icl.OptionScores, normalization: str,
   out = []
   for i, r in enumerate(requests):
     task, _, part = r.task.partition(":")
-    out.append({"task": task, "part": part, "example_index": r.example_index,
-                "option_index": r.option_index, "target_score": r.target_score,
-                "logprob": float(scores.logprob[i]), "n_tokens": int(scores.n_tokens[i]),
-                "score": float(norm[i]),
-                "pred": int(preds[(r.task, r.example_index)] == r.option_index)})
+    out.append({
+        "task": task, "part": part, "example_index": r.example_index,
+        "option_index": r.option_index, "target_score": r.target_score,
+        "logprob": float(scores.logprob[i]), "n_tokens": int(scores.n_tokens[i]),
+        "score": float(norm[i]), "pred": int(preds[(r.task, r.example_index)] == r.option_index)
+    })
   return out
 
 
 def score_checkpoint(scorer: Scorer, requests_by_task: Mapping[str, list[icl.OptionRequest]],
-                     config, pad_id: int, max_length: int, extra: dict
-                     ) -> tuple[list[dict], list[dict], int]:
+                     config, pad_id: int, max_length: int,
+                     extra: dict) -> tuple[list[dict], list[dict], int]:
   """Scores and grades the given tasks with the scorer's current checkpoint.
 
   Args:
@@ -179,6 +181,7 @@ def score_checkpoint(scorer: Scorer, requests_by_task: Mapping[str, list[icl.Opt
 # Run
 # ----------------------------------------------------------------------------
 
+
 def _check_config(config) -> None:
   if not config.trajectory:
     raise ValueError("config.trajectory: a trajectory manifest path is required")
@@ -202,7 +205,9 @@ def _check_config(config) -> None:
 def _load_tasks(config) -> list[icl.BigBenchTask]:
   names = list(config.task_names) if config.task_names else None
   if names:
-    missing = [n for n in names if not os.path.isfile(os.path.join(config.tasks_dir, n, "task.json"))]
+    missing = [
+        n for n in names if not os.path.isfile(os.path.join(config.tasks_dir, n, "task.json"))
+    ]
     if missing:
       raise ValueError(f"config.task_names: no {config.tasks_dir}/<task>/task.json for {missing}")
   tasks = icl.load_tasks(config.tasks_dir, names)
@@ -305,24 +310,28 @@ def _run_unlocked(config, workdir: str) -> dict:
       del model
       reqs = {n: cache.requests(n, info.max_length) for n in pending}
       t0 = time.perf_counter()
-      extra = {"model": info.name, "checkpoint": checkpoint_id(info.name, ckpt.step),
-               "step": ckpt.step, "tokens_seen": ckpt.step * info.model.tokens_per_step,
-               "flops": info.flops_by_step[ckpt.step], "params": info.params}
-      new_rows, option_rows, n_opt = score_checkpoint(
-          scorers[key], reqs, config, pad_id, info.max_length, extra)
+      extra = {
+          "model": info.name, "checkpoint": checkpoint_id(info.name, ckpt.step), "step": ckpt.step,
+          "tokens_seen": ckpt.step * info.model.tokens_per_step,
+          "flops": info.flops_by_step[ckpt.step], "params": info.params
+      }
+      new_rows, option_rows, n_opt = score_checkpoint(scorers[key], reqs, config, pad_id,
+                                                      info.max_length, extra)
       dt = time.perf_counter() - t0
       n_options_total += n_opt
       _write_option_rows(out_dir, info.name, ckpt.step, option_rows, pending)
-      rows = [r for r in rows if not (r["checkpoint"] == extra["checkpoint"]
-                                      and r["task"] in set(pending))] + new_rows
+      rows = [
+          r for r in rows
+          if not (r["checkpoint"] == extra["checkpoint"] and r["task"] in set(pending))
+      ] + new_rows
       icl.write_csv(rows, csv_path)
       agg = icl.aggregate_over_tasks(new_rows)
       elapsed = time.perf_counter() - t_start
       eta = elapsed / (k + 1) * (len(plan) - k - 1)
-      logging.info("%s step %d: %d tasks, mean acc %.4f (chance %.4f) | %.0f options/s | "
-                   "read %.1fs | %d/%d, ETA %.0fs", info.name, ckpt.step, len(pending),
-                   agg["accuracy"], agg["chance"], n_opt / max(dt, 1e-9), t_read, k + 1,
-                   len(plan), eta)
+      logging.info(
+          "%s step %d: %d tasks, mean acc %.4f (chance %.4f) | %.0f options/s | "
+          "read %.1fs | %d/%d, ETA %.0fs", info.name, ckpt.step, len(pending), agg["accuracy"],
+          agg["chance"], n_opt / max(dt, 1e-9), t_read, k + 1, len(plan), eta)
   if plan:
     total = time.perf_counter() - t_start
     logging.info("scored %d options in %.1fs (%.0f options/s overall; tokenisation %.1fs)",
@@ -341,6 +350,7 @@ def _write_option_rows(out_dir, model, step, option_rows, rescored_tasks) -> Non
 # ----------------------------------------------------------------------------
 # Figures and summary
 # ----------------------------------------------------------------------------
+
 
 def _paths(out_dir: str, stem: str) -> tuple[str, str]:
   return os.path.join(out_dir, f"{stem}.png"), os.path.join(out_dir, f"{stem}.csv")
@@ -383,10 +393,11 @@ def checkpoint_table(rows: Sequence[dict], infos: Sequence[ModelInfo], tasks: Se
       if {r["task"] for r in rs} != set(tasks) or not want:
         continue
       agg = icl.aggregate_over_tasks([r for r in rs if r["task"] in want])
-      out.append({"model": info.name, "params": info.params, "step": c.step,
-                  "tokens_seen": c.step * info.model.tokens_per_step,
-                  "flops": info.flops_by_step[c.step],
-                  "valid_ppl": float(vp.get(c.step, math.nan)), **agg})
+      out.append({
+          "model": info.name, "params": info.params, "step": c.step,
+          "tokens_seen": c.step * info.model.tokens_per_step, "flops": info.flops_by_step[c.step],
+          "valid_ppl": float(vp.get(c.step, math.nan)), **agg
+      })
   return out
 
 
@@ -397,7 +408,8 @@ def _series(table, model, xkey, ykey):
 
 def _fig8(out_dir, table, infos, has_valid) -> tuple[str, str]:
   png, csv_path = _paths(out_dir, "fig8_accuracy")
-  xs = [("flops", "training FLOPs")] + ([("valid_ppl", "validation perplexity")] if has_valid else [])
+  xs = [("flops", "training FLOPs")
+       ] + ([("valid_ppl", "validation perplexity")] if has_valid else [])
   fig, axes = plt.subplots(1, len(xs), figsize=(5 * len(xs), 3.5), squeeze=False)
   for ax, (xkey, label) in zip(axes[0], xs):
     for info in infos:
@@ -459,8 +471,10 @@ def _final_rows(rows, infos, tasks) -> dict[str, dict[str, dict]]:
   for info in infos:
     for c in reversed(info.model.checkpoints):
       cid = checkpoint_id(info.name, c.step)
-      rs = {r["task"]: r for r in rows if r["checkpoint"] == cid
-            and r.get("level", "task") == "task" and r["task"] in set(tasks)}
+      rs = {
+          r["task"]: r for r in rows
+          if r["checkpoint"] == cid and r.get("level", "task") == "task" and r["task"] in set(tasks)
+      }
       if set(rs) == set(tasks):
         out[info.name] = rs
         break
@@ -577,11 +591,12 @@ def write_figures_and_summary(rows: Sequence[dict], infos: Sequence[ModelInfo],
   png17, _, scaling = _fig17_18(out_dir, final, infos, tasks)
   figures["fig17_18"] = png17
 
-  summary: dict = {"models": [i.name for i in sorted(infos, key=lambda i: i.params)],
-                   "params": {i.name: i.params for i in infos}, "tasks": list(tasks),
-                   "n_tasks": len(tasks), "groups": groups, "figures": figures,
-                   "final_step": {}, "final_accuracy": {}, "final_chance": {},
-                   "final_ppl_correct": {}, "final_ppl_incorrect": {}}
+  summary: dict = {
+      "models": [i.name for i in sorted(infos, key=lambda i: i.params)],
+      "params": {i.name: i.params for i in infos}, "tasks": list(tasks), "n_tasks": len(tasks),
+      "groups": groups, "figures": figures, "final_step": {}, "final_accuracy": {},
+      "final_chance": {}, "final_ppl_correct": {}, "final_ppl_incorrect": {}
+  }
   for name, rs in final.items():
     agg = icl.aggregate_over_tasks(list(rs.values()))
     summary["final_step"][name] = int(next(iter(rs.values()))["step"])
@@ -597,8 +612,12 @@ def write_figures_and_summary(rows: Sequence[dict], infos: Sequence[ModelInfo],
   summary["pearson_accuracy_vs_valid_ppl"] = _pearson(vp, acc) if pts else None
   summary["pearson_accuracy_vs_log_valid_ppl"] = _pearson(np.log(vp), acc) if pts else None
   summary["spearman_accuracy_vs_valid_ppl"] = _pearson(_ranks(vp), _ranks(acc)) if pts else None
-  summary["scaling"] = {r["task"]: {"group": r["group"], "linearity": r["linearity"],
-                                    "breakthroughness": r["breakthroughness"]} for r in scaling}
+  summary["scaling"] = {
+      r["task"]: {
+          "group": r["group"], "linearity": r["linearity"],
+          "breakthroughness": r["breakthroughness"]
+      } for r in scaling
+  }
   summary = _clean(summary)
   atomic.write_json(os.path.join(out_dir, "summary.json"), summary)
   return summary

@@ -39,8 +39,10 @@ from trajax import atomic, checkpoints, data, flops, store
 from trajax import workdir as workdir_lib
 from trajax.analysis import trend_figures, trends
 
-CATEGORY_CODES = {"stagnated": trends.STAGNATED, "upward": trends.UPWARD,
-                  "downward": trends.DOWNWARD, "none": trends.NONE}
+CATEGORY_CODES = {
+    "stagnated": trends.STAGNATED, "upward": trends.UPWARD, "downward": trends.DOWNWARD,
+    "none": trends.NONE
+}
 SELECTOR_KEYWORDS = ("self", "smallest", "largest")
 FLOPS_METHODS = flops.FLOPS_METHODS
 SUMMARY_FRACTION = 0.1  # the paper quotes category shares after 10% of training
@@ -110,8 +112,8 @@ def model_flops(reader: store.StoreReader, model: str, steps_c, method: str = "p
   except (OSError, ValueError) as e:
     hint = ("" if n_params is None else
             "; with the manifest's 'params' set, flops_method='6nd' needs no config.json")
-    raise ValueError(f"model {model!r}: cannot read the architecture for FLOPs ({e}){hint}"
-                     ) from None
+    raise ValueError(
+        f"model {model!r}: cannot read the architecture for FLOPs ({e}){hint}") from None
   return flops.training_flops_for_config(cfg, steps_c, tps, n_params, method, seq_len)
 
 
@@ -126,11 +128,12 @@ def load_models(reader: store.StoreReader, method: str = "palm",
       continue
     steps_c = reader.done_steps(name)
     flops_c, n_params = model_flops(reader, name, steps_c, method, seq_len)
-    out.append(ModelTrajectory(
-        name=name, n_params=n_params, steps_c=steps_c,
-        tokens_seen_c=flops.tokens_seen(steps_c, int(reader.meta(name)["tokens_per_step"])),
-        flops_c=flops_c, valid_ppl_c=trends.validation_ppl(lp_cn),
-        ppl_cn=trends.ppl_from_logprobs(lp_cn)))
+    out.append(
+        ModelTrajectory(
+            name=name, n_params=n_params, steps_c=steps_c,
+            tokens_seen_c=flops.tokens_seen(steps_c, int(reader.meta(name)["tokens_per_step"])),
+            flops_c=flops_c, valid_ppl_c=trends.validation_ppl(lp_cn),
+            ppl_cn=trends.ppl_from_logprobs(lp_cn)))
     logging.info("model %s: N=%d, %d done checkpoints, final valid PPL %.4f", name, n_params,
                  steps_c.shape[0], out[-1].valid_ppl_c[-1])
   if not out:
@@ -142,9 +145,9 @@ def _fit(model: ModelTrajectory, fraction: float, config) -> FitSummary | None:
   """The model's categories at `fraction`, or None when the window has < 3 points."""
   j = trends.start_index(model.steps_c, fraction)
   if model.steps_c.shape[0] - j < 3:
-    logging.info("model %s: start fraction %g selects step %d, leaving %d point(s) in the "
-                 "window (< 3): skipped", model.name, fraction, model.steps_c[j],
-                 model.steps_c.shape[0] - j)
+    logging.info(
+        "model %s: start fraction %g selects step %d, leaving %d point(s) in the "
+        "window (< 3): skipped", model.name, fraction, model.steps_c[j], model.steps_c.shape[0] - j)
     return None
   res = trends.fit(model.ppl_cn, model.steps_c, fraction, x=config.x, chunk_size=config.chunk_size)
   return FitSummary(res.category, res.shares(), res.start_index, res.start_step, res.n_excluded)
@@ -236,16 +239,19 @@ def _run_unlocked(config, workdir: str) -> dict:
   _write_checkpoints_csv(os.path.join(out_dir, "checkpoints.csv"), models)
   flops_by = {m.name: m.flops_c for m in models}
   vppl_by = {m.name: m.valid_ppl_c for m in models}
-  fig1 = trend_figures.validation_ppl_vs_flops(
-      os.path.join(out_dir, "fig1_valid_ppl_vs_flops.png"), flops_by, vppl_by)
+  fig1 = trend_figures.validation_ppl_vs_flops(os.path.join(out_dir, "fig1_valid_ppl_vs_flops.png"),
+                                               flops_by, vppl_by)
 
   # One fit per (model, fraction) that any output needs.
   t0 = time.perf_counter()
-  wanted = sorted({float(p) for p in (*config.fractions, *config.subset_fractions,
-                                      config.token_view_fraction, SUMMARY_FRACTION)})
+  wanted = sorted({
+      float(p) for p in (*config.fractions, *config.subset_fractions, config.token_view_fraction,
+                         SUMMARY_FRACTION)
+  })
   fits = {(m.name, p): _fit(m, p, config) for m in models for p in wanted}
   logging.info("fitted %d model x fraction windows (%d skipped) in %.1fs", len(fits),
-               sum(f is None for f in fits.values()), time.perf_counter() - t0)
+               sum(f is None for f in fits.values()),
+               time.perf_counter() - t0)
 
   # Fig. 2.
   shares_by = {}
@@ -257,15 +263,17 @@ def _run_unlocked(config, workdir: str) -> dict:
       logging.info("Fig. 2, model %s: fractions %s skipped (window < 3 points)", m.name, skipped)
     if not kept:
       continue
-    sh = {"fraction": np.array([p for p, _ in kept], np.float64),
-          "start_index": np.array([f.start_index for _, f in kept]),
-          "start_step": np.array([f.start_step for _, f in kept]),
-          "n_excluded": np.array([f.n_excluded for _, f in kept])}
+    sh = {
+        "fraction": np.array([p for p, _ in kept],
+                             np.float64), "start_index": np.array([f.start_index for _, f in kept]),
+        "start_step": np.array([f.start_step for _, f in kept]),
+        "n_excluded": np.array([f.n_excluded for _, f in kept])
+    }
     for k in ("stagnated", "upward", "downward", "none"):
       sh[k] = np.array([f.shares[k] for _, f in kept])
     shares_by[m.name] = sh
-  fig2 = (trend_figures.category_shares(os.path.join(out_dir, "fig2_category_shares.png"), shares_by)
-          if shares_by else None)
+  fig2 = (trend_figures.category_shares(os.path.join(out_dir, "fig2_category_shares.png"),
+                                        shares_by) if shares_by else None)
 
   # Fig. 3, 4, 10, 11 and 12.
   t0 = time.perf_counter()
@@ -287,14 +295,21 @@ def _run_unlocked(config, workdir: str) -> dict:
       "final_flops": {m.name: float(m.flops_c[-1]) for m in models},
       "final_valid_ppl": final,
       "larger_models_lower_final_ppl": bool(all(b < a for a, b in zip(finals, finals[1:]))),
-      "shares_at_10pct": {n: (None if fits[(n, SUMMARY_FRACTION)] is None
-                              else fits[(n, SUMMARY_FRACTION)].shares) for n in names},
-      "start_step_at_10pct": {n: (None if fits[(n, SUMMARY_FRACTION)] is None
-                                  else fits[(n, SUMMARY_FRACTION)].start_step) for n in names},
+      "shares_at_10pct": {
+          n: (None if fits[(n, SUMMARY_FRACTION)] is None else fits[(n, SUMMARY_FRACTION)].shares)
+          for n in names
+      },
+      "start_step_at_10pct": {
+          n: (None if fits[(n, SUMMARY_FRACTION)] is None else fits[(n,
+                                                                     SUMMARY_FRACTION)].start_step
+             ) for n in names
+      },
       "subsets": subsets,
       "token_view": token_view,
-      "figures": {"fig1": list(fig1), "fig2": None if fig2 is None else list(fig2),
-                  "checkpoints_csv": os.path.join(out_dir, "checkpoints.csv")},
+      "figures": {
+          "fig1": list(fig1), "fig2": None if fig2 is None else list(fig2),
+          "checkpoints_csv": os.path.join(out_dir, "checkpoints.csv")
+      },
       "seconds": time.perf_counter() - t_start,
   }
   summary = _clean(summary)
@@ -324,8 +339,9 @@ def _subsets(config, models, by_name, fits, out_dir, flops_by, vppl_by) -> list[
             f = fits[(m.name, p)]
             if f is None:
               continue
-            traj.update(trends.subset_trajectories(f.category_n == code, {m.name: m.ppl_cn},
-                                                   mean=config.subset_mean))
+            traj.update(
+                trends.subset_trajectories(f.category_n == code, {m.name: m.ppl_cn},
+                                           mean=config.subset_mean))
             pct[m.name] = _percent(f.category_n, code)[0]
           if not traj:
             logging.info("subset self/%s at %g: no model has a window of >= 3 points", cat, p)
@@ -345,10 +361,11 @@ def _subsets(config, models, by_name, fits, out_dir, flops_by, vppl_by) -> list[
             logging.info("subset %s/%s at %g is empty: its curves are NaN", sel, cat, p)
           entry.update(percent=shown, n_tokens=count, start_step=f.start_step)
           title = f"{cat} after {100 * p:g}% of {sel}"
-        fx = trend_figures.subset_vs_flops(f"{stem}_flops.png", {n: flops_by[n] for n in traj},
-                                           traj, title, shown)
-        fv = trend_figures.subset_vs_validation_ppl(
-            f"{stem}_valid_ppl.png", {n: vppl_by[n] for n in traj}, traj, title, shown)
+        fx = trend_figures.subset_vs_flops(f"{stem}_flops.png", {n: flops_by[n] for n in traj}, traj,
+                                           title, shown)
+        fv = trend_figures.subset_vs_validation_ppl(f"{stem}_valid_ppl.png",
+                                                    {n: vppl_by[n] for n in traj}, traj, title,
+                                                    shown)
         entry["mean_ppl_final"] = {n: float(v[-1]) for n, v in traj.items()}
         entry["figures"] = [*fx, *fv]
         entries.append(entry)
@@ -387,12 +404,16 @@ def _token_view(config, reader, by_name, names, fits, out_dir) -> dict | None:
   pieces = [tokenizer.decode([int(t)]) for t in ids_t]
   title = (f"Token trends after {100 * p:g}% of training of {model.name} "
            f"(block {b}: {reader.dataset.get('documents', ['?'] * rows)[b]})")
-  page = trend_figures.token_view_html(pieces, f.category_n[series_t],
-                                       model.ppl_cn[:, series_t].T, title=title)
+  page = trend_figures.token_view_html(pieces, f.category_n[series_t], model.ppl_cn[:, series_t].T,
+                                       title=title)
   path = os.path.join(out_dir, "token_view.html")
   atomic.write_text(path, page)
-  counts = {name: int(np.count_nonzero(f.category_n[series_t] == code))
-            for name, code in CATEGORY_CODES.items()}
+  counts = {
+      name: int(np.count_nonzero(f.category_n[series_t] == code))
+      for name, code in CATEGORY_CODES.items()
+  }
   logging.info("token view: %s (%d tokens, %s)", path, len(pieces), counts)
-  return {"path": path, "model": model.name, "fraction": p, "block": b, "n_tokens": len(pieces),
-          "counts": counts, "tokenizer": tok_path}
+  return {
+      "path": path, "model": model.name, "fraction": p, "block": b, "n_tokens": len(pieces),
+      "counts": counts, "tokenizer": tok_path
+  }

@@ -64,7 +64,7 @@ DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class TrendFit:
-    """Per-series result of `fit`.
+  """Per-series result of `fit`.
 
     Attributes:
       slope: [series] float64, β of Eq. 1; NaN for excluded series.
@@ -82,58 +82,62 @@ class TrendFit:
         inside the window; they are EXCLUDED and left out of `shares()`.
     """
 
-    slope: np.ndarray
-    intercept: np.ndarray
-    pvalue: np.ndarray
-    category: np.ndarray
-    start_index: int
-    start_step: float
-    num_points: int
-    dof: int
-    x: str
-    n_excluded: int
+  slope: np.ndarray
+  intercept: np.ndarray
+  pvalue: np.ndarray
+  category: np.ndarray
+  start_index: int
+  start_step: float
+  num_points: int
+  dof: int
+  x: str
+  n_excluded: int
 
-    @property
-    def n_series(self) -> int:
-        return int(self.category.shape[0])
+  @property
+  def n_series(self) -> int:
+    return int(self.category.shape[0])
 
-    def mask(self, category: int) -> np.ndarray:
-        """[series] bool, the series of one category (e.g. `trends.UPWARD`)."""
-        if category not in CATEGORY_NAMES:
-            raise ValueError(f"unknown category {category!r}; expected one of {sorted(CATEGORY_NAMES)}")
-        return self.category == category
+  def mask(self, category: int) -> np.ndarray:
+    """[series] bool, the series of one category (e.g. `trends.UPWARD`)."""
+    if category not in CATEGORY_NAMES:
+      raise ValueError(f"unknown category {category!r}; expected one of {sorted(CATEGORY_NAMES)}")
+    return self.category == category
 
-    def counts(self) -> dict[str, int]:
-        """Number of series per category name, excluded included."""
-        return {name: int(np.count_nonzero(self.category == code)) for code, name in CATEGORY_NAMES.items()}
+  def counts(self) -> dict[str, int]:
+    """Number of series per category name, excluded included."""
+    return {
+        name: int(np.count_nonzero(self.category == code)) for code, name in CATEGORY_NAMES.items()
+    }
 
-    def shares(self) -> dict[str, float]:
-        """Percentage of series in each category, over non-excluded series.
+  def shares(self) -> dict[str, float]:
+    """Percentage of series in each category, over non-excluded series.
 
         Returns:
           {"stagnated", "upward", "downward", "none"} → percent in [0, 100]
           (sums to 100); all NaN when every series is excluded.
         """
-        counts = self.counts()
-        valid = self.n_series - counts["excluded"]
-        names = ("stagnated", "upward", "downward", "none")
-        if valid == 0:
-            return {name: math.nan for name in names}
-        return {name: 100.0 * counts[name] / valid for name in names}
+    counts = self.counts()
+    valid = self.n_series - counts["excluded"]
+    names = ("stagnated", "upward", "downward", "none")
+    if valid == 0:
+      return {name: math.nan for name in names}
+    return {name: 100.0 * counts[name] / valid for name in names}
 
 
 def _check_steps(steps, num_checkpoints: int) -> np.ndarray:
-    steps = np.asarray(steps, dtype=np.float64)
-    if steps.ndim != 1 or steps.shape[0] != num_checkpoints:
-        raise ValueError(
-            f"steps must be 1-D with one entry per checkpoint ({num_checkpoints}), got shape {steps.shape}")
-    if not np.all(np.isfinite(steps)) or np.any(np.diff(steps) <= 0):
-        raise ValueError(f"steps must be finite and strictly increasing, got {steps.tolist()}")
-    return steps
+  steps = np.asarray(steps, dtype=np.float64)
+  if steps.ndim != 1 or steps.shape[0] != num_checkpoints:
+    raise ValueError(
+        f"steps must be 1-D with one entry per checkpoint ({num_checkpoints}), got shape {steps.shape}"
+    )
+  if not np.all(np.isfinite(steps)) or np.any(np.diff(steps) <= 0):
+    raise ValueError(f"steps must be finite and strictly increasing, got {steps.tolist()}")
+  return steps
 
 
-def start_index(steps: Sequence[float], start_fraction: float, total_steps: float | None = None) -> int:
-    """Index j of the checkpoint at or nearest to start_fraction × total_steps.
+def start_index(steps: Sequence[float], start_fraction: float,
+                total_steps: float | None = None) -> int:
+  """Index j of the checkpoint at or nearest to start_fraction × total_steps.
 
     Tie rule: when two checkpoints are equally near (within 1e-9 × total_steps,
     to absorb float rounding of the product), the EARLIER one is taken, so the
@@ -150,29 +154,30 @@ def start_index(steps: Sequence[float], start_fraction: float, total_steps: floa
     Returns:
       j, a 0-based index into `steps`.
     """
-    steps = np.asarray(steps, dtype=np.float64)
-    if steps.ndim != 1 or steps.size == 0:
-        raise ValueError(f"steps must be a non-empty 1-D sequence, got shape {steps.shape}")
-    if not 0.0 <= start_fraction <= 1.0:
-        raise ValueError(f"start_fraction must be in [0, 1], got {start_fraction}")
-    total = float(steps[-1] if total_steps is None else total_steps)
-    dist = np.abs(steps - start_fraction * total)
-    return int(np.flatnonzero(dist <= dist.min() + 1e-9 * abs(total))[0])
+  steps = np.asarray(steps, dtype=np.float64)
+  if steps.ndim != 1 or steps.size == 0:
+    raise ValueError(f"steps must be a non-empty 1-D sequence, got shape {steps.shape}")
+  if not 0.0 <= start_fraction <= 1.0:
+    raise ValueError(f"start_fraction must be in [0, 1], got {start_fraction}")
+  total = float(steps[-1] if total_steps is None else total_steps)
+  dist = np.abs(steps - start_fraction * total)
+  return int(np.flatnonzero(dist <= dist.min() + 1e-9 * abs(total))[0])
 
 
 def _regressor(x: str, steps_window: np.ndarray) -> np.ndarray:
-    if x == "index":
-        return np.arange(steps_window.shape[0], dtype=np.float64)
-    if x == "log_step":
-        if np.any(steps_window <= 0):
-            raise ValueError(f"x='log_step' needs positive steps in the window, got {steps_window.tolist()}")
-        return np.log(steps_window)
-    raise ValueError(f"x must be one of {X_MODES}, got {x!r}")
+  if x == "index":
+    return np.arange(steps_window.shape[0], dtype=np.float64)
+  if x == "log_step":
+    if np.any(steps_window <= 0):
+      raise ValueError(
+          f"x='log_step' needs positive steps in the window, got {steps_window.tolist()}")
+    return np.log(steps_window)
+  raise ValueError(f"x must be one of {X_MODES}, got {x!r}")
 
 
 def fit(ppl_cn, steps: Sequence[float], start_fraction: float, x: str = "index",
         chunk_size: int = DEFAULT_CHUNK_SIZE, total_steps: float | None = None) -> TrendFit:
-    """Fits Eq. 1 to every series and assigns the paper's trend categories.
+  """Fits Eq. 1 to every series and assigns the paper's trend categories.
 
     The window is checkpoints j..n (0-based j = `start_index(steps,
     start_fraction, total_steps)`, n the last), i.e. num_points = n − j + 1 with
@@ -207,92 +212,92 @@ def fit(ppl_cn, steps: Sequence[float], start_fraction: float, x: str = "index",
       ValueError: on bad shapes, non-increasing steps, an unknown `x`, or a
         window with fewer than 3 points (a slope test needs dof ≥ 1).
     """
-    shape = tuple(np.shape(ppl_cn))
-    if len(shape) != 2:
-        raise ValueError(f"ppl_cn must be 2-D [checkpoint, series], got shape {shape}")
-    num_ckpt, num_series = shape
-    steps = _check_steps(steps, num_ckpt)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    j = start_index(steps, start_fraction, total_steps)
-    m = num_ckpt - j
-    if m < 3:
-        raise ValueError(
-            f"start_fraction={start_fraction} selects checkpoint {j} (step {steps[j]:g}) of {num_ckpt}: "
-            f"the window has {m} point(s), a slope t-test needs at least 3")
-    xs = _regressor(x, steps[j:])
-    x_mean = xs.mean()
-    xc = xs - x_mean
-    sxx = float(xc @ xc)
-    dof = m - 2
+  shape = tuple(np.shape(ppl_cn))
+  if len(shape) != 2:
+    raise ValueError(f"ppl_cn must be 2-D [checkpoint, series], got shape {shape}")
+  num_ckpt, num_series = shape
+  steps = _check_steps(steps, num_ckpt)
+  if chunk_size < 1:
+    raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+  j = start_index(steps, start_fraction, total_steps)
+  m = num_ckpt - j
+  if m < 3:
+    raise ValueError(
+        f"start_fraction={start_fraction} selects checkpoint {j} (step {steps[j]:g}) of {num_ckpt}: "
+        f"the window has {m} point(s), a slope t-test needs at least 3")
+  xs = _regressor(x, steps[j:])
+  x_mean = xs.mean()
+  xc = xs - x_mean
+  sxx = float(xc @ xc)
+  dof = m - 2
 
-    slope = np.full(num_series, np.nan)
-    intercept = np.full(num_series, np.nan)
-    pvalue = np.full(num_series, np.nan)
-    category = np.full(num_series, EXCLUDED, dtype=np.int8)
-    log_lo, log_hi = math.log(BAND_LOW) - _BAND_LOG_TOL, math.log(BAND_HIGH) + _BAND_LOG_TOL
+  slope = np.full(num_series, np.nan)
+  intercept = np.full(num_series, np.nan)
+  pvalue = np.full(num_series, np.nan)
+  category = np.full(num_series, EXCLUDED, dtype=np.int8)
+  log_lo, log_hi = math.log(BAND_LOW) - _BAND_LOG_TOL, math.log(BAND_HIGH) + _BAND_LOG_TOL
 
-    for s0 in range(0, num_series, chunk_size):
-        s1 = min(s0 + chunk_size, num_series)
-        # Always a private float64 copy: the block is overwritten in place below.
-        y = np.array(ppl_cn[j:, s0:s1], dtype=np.float64, copy=True)
-        valid = np.isfinite(y).all(axis=0) & (y > 0).all(axis=0)
-        if not valid.all():
-            y[:, ~valid] = 1.0  # neutral values keep the maths warning-free
-        work = np.log(y)
-        mean_log = _rowsum(work) / m
-        d_first, d_last = work[0] - mean_log, work[-1] - mean_log
-        in_band = (d_first >= log_lo) & (d_first <= log_hi) & (d_last >= log_lo) & (d_last <= log_hi)
+  for s0 in range(0, num_series, chunk_size):
+    s1 = min(s0 + chunk_size, num_series)
+    # Always a private float64 copy: the block is overwritten in place below.
+    y = np.array(ppl_cn[j:, s0:s1], dtype=np.float64, copy=True)
+    valid = np.isfinite(y).all(axis=0) & (y > 0).all(axis=0)
+    if not valid.all():
+      y[:, ~valid] = 1.0  # neutral values keep the maths warning-free
+    work = np.log(y)
+    mean_log = _rowsum(work) / m
+    d_first, d_last = work[0] - mean_log, work[-1] - mean_log
+    in_band = (d_first >= log_lo) & (d_first <= log_hi) & (d_last >= log_lo) & (d_last <= log_hi)
 
-        y /= y[0]
-        y_mean = _rowsum(y) / m
-        y -= y_mean  # centred response
-        sxy = _rowsum(y, weights=xc)
-        beta = sxy / sxx
-        alpha = y_mean - beta * x_mean
-        np.multiply(xc[:, None], beta[None, :], out=work)
-        y -= work  # residuals
-        np.square(y, out=work)
-        ssr = _rowsum(work)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = beta / np.sqrt(ssr / dof / sxx)
-        p = 2.0 * special.stdtr(dof, -np.abs(t))
-        exact = ssr == 0.0
-        if exact.any():
-            p[exact] = np.where(beta[exact] != 0.0, 0.0, 1.0)
+    y /= y[0]
+    y_mean = _rowsum(y) / m
+    y -= y_mean  # centred response
+    sxy = _rowsum(y, weights=xc)
+    beta = sxy / sxx
+    alpha = y_mean - beta * x_mean
+    np.multiply(xc[:, None], beta[None, :], out=work)
+    y -= work  # residuals
+    np.square(y, out=work)
+    ssr = _rowsum(work)
+    with np.errstate(divide="ignore", invalid="ignore"):
+      t = beta / np.sqrt(ssr / dof / sxx)
+    p = 2.0 * special.stdtr(dof, -np.abs(t))
+    exact = ssr == 0.0
+    if exact.any():
+      p[exact] = np.where(beta[exact] != 0.0, 0.0, 1.0)
 
-        significant = p < P_THRESHOLD
-        cat = np.where(significant & (beta > 0), UPWARD,
-                       np.where(significant & (beta < 0), DOWNWARD,
-                                np.where(in_band, STAGNATED, NONE))).astype(np.int8)
-        cat[~valid] = EXCLUDED
-        category[s0:s1] = cat
-        slope[s0:s1] = np.where(valid, beta, np.nan)
-        intercept[s0:s1] = np.where(valid, alpha, np.nan)
-        pvalue[s0:s1] = np.where(valid, p, np.nan)
+    significant = p < P_THRESHOLD
+    cat = np.where(significant & (beta > 0), UPWARD,
+                   np.where(significant & (beta < 0), DOWNWARD, np.where(in_band, STAGNATED,
+                                                                         NONE))).astype(np.int8)
+    cat[~valid] = EXCLUDED
+    category[s0:s1] = cat
+    slope[s0:s1] = np.where(valid, beta, np.nan)
+    intercept[s0:s1] = np.where(valid, alpha, np.nan)
+    pvalue[s0:s1] = np.where(valid, p, np.nan)
 
-    return TrendFit(slope=slope, intercept=intercept, pvalue=pvalue, category=category,
-                    start_index=j, start_step=float(steps[j]), num_points=m, dof=dof, x=x,
-                    n_excluded=int(np.count_nonzero(category == EXCLUDED)))
+  return TrendFit(slope=slope, intercept=intercept, pvalue=pvalue, category=category, start_index=j,
+                  start_step=float(steps[j]), num_points=m, dof=dof, x=x,
+                  n_excluded=int(np.count_nonzero(category == EXCLUDED)))
 
 
 def _rowsum(a_mc: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """Σ_k w_k·a[k] over the checkpoint axis, one row at a time.
+  """Σ_k w_k·a[k] over the checkpoint axis, one row at a time.
 
     Neither `a.sum(axis=0)` (pairwise summation when a chunk has one column) nor
     a BLAS matvec (blocking depends on the width) keeps the order of additions
     fixed; this does, so a series' result is bit-identical for any chunk size.
     """
-    out = a_mc[0] * weights[0] if weights is not None else a_mc[0].copy()
-    for k in range(1, a_mc.shape[0]):
-        out += a_mc[k] * weights[k] if weights is not None else a_mc[k]
-    return out
+  out = a_mc[0] * weights[0] if weights is not None else a_mc[0].copy()
+  for k in range(1, a_mc.shape[0]):
+    out += a_mc[k] * weights[k] if weights is not None else a_mc[k]
+  return out
 
 
 def shares_vs_start(ppl_cn, steps: Sequence[float], fractions: Sequence[float] = DEFAULT_FRACTIONS,
                     x: str = "index", chunk_size: int = DEFAULT_CHUNK_SIZE,
                     total_steps: float | None = None) -> dict[str, np.ndarray]:
-    """Percentage of tokens in each category against the start fraction (Fig. 2).
+  """Percentage of tokens in each category against the start fraction (Fig. 2).
 
     Args:
       ppl_cn, steps, x, chunk_size, total_steps: as in `fit`.
@@ -303,23 +308,24 @@ def shares_vs_start(ppl_cn, steps: Sequence[float], fractions: Sequence[float] =
       "stagnated", "upward", "downward", "none" (percent of non-excluded
       tokens), "n_excluded".
     """
-    keys = ("stagnated", "upward", "downward", "none")
-    out: dict[str, list] = {k: [] for k in ("fraction", "start_index", "start_step", *keys, "n_excluded")}
-    for frac in fractions:
-        res = fit(ppl_cn, steps, frac, x=x, chunk_size=chunk_size, total_steps=total_steps)
-        shares = res.shares()
-        out["fraction"].append(float(frac))
-        out["start_index"].append(res.start_index)
-        out["start_step"].append(res.start_step)
-        out["n_excluded"].append(res.n_excluded)
-        for k in keys:
-            out[k].append(shares[k])
-    return {k: np.asarray(v) for k, v in out.items()}
+  keys = ("stagnated", "upward", "downward", "none")
+  out: dict[str,
+            list] = {k: [] for k in ("fraction", "start_index", "start_step", *keys, "n_excluded")}
+  for frac in fractions:
+    res = fit(ppl_cn, steps, frac, x=x, chunk_size=chunk_size, total_steps=total_steps)
+    shares = res.shares()
+    out["fraction"].append(float(frac))
+    out["start_index"].append(res.start_index)
+    out["start_step"].append(res.start_step)
+    out["n_excluded"].append(res.n_excluded)
+    for k in keys:
+      out[k].append(shares[k])
+  return {k: np.asarray(v) for k, v in out.items()}
 
 
 def subset_trajectories(selected_mask, ppl_by_model: Mapping[str, np.ndarray],
                         mean: str = "arithmetic") -> dict[str, np.ndarray]:
-    """Mean perplexity of one fixed token subset along every model's trajectory.
+  """Mean perplexity of one fixed token subset along every model's trajectory.
 
     Select tokens with one model's fit at one start fraction (e.g.
     `fit(ppl_1p3b, steps, 0.1).mask(trends.STAGNATED)`), then follow the SAME
@@ -339,43 +345,45 @@ def subset_trajectories(selected_mask, ppl_by_model: Mapping[str, np.ndarray],
       checkpoint; a checkpoint (or an empty selection) with no non-NaN token
       gives NaN, without a warning.
     """
-    if mean not in ("arithmetic", "geometric"):
-        raise ValueError(f"mean must be 'arithmetic' or 'geometric', got {mean!r}")
-    mask = np.asarray(selected_mask)
-    if mask.ndim != 1 or mask.dtype != np.bool_:
-        raise ValueError(f"selected_mask must be a 1-D bool array [series], got {mask.dtype} {mask.shape}")
-    idx = np.flatnonzero(mask)
-    out = {}
-    for name, ppl_cn in ppl_by_model.items():
-        shape = tuple(np.shape(ppl_cn))
-        if len(shape) != 2 or shape[1] != mask.shape[0]:
-            raise ValueError(
-                f"ppl_by_model[{name!r}] must be [checkpoint, {mask.shape[0]}] to match selected_mask, got {shape}")
-        sub = np.asarray(np.asarray(ppl_cn)[:, idx], dtype=np.float64)
-        if mean == "geometric":
-            sub = np.log(sub)
-        out[name] = _nanmean_rows(sub)
-        if mean == "geometric":
-            out[name] = np.exp(out[name])
-    return out
+  if mean not in ("arithmetic", "geometric"):
+    raise ValueError(f"mean must be 'arithmetic' or 'geometric', got {mean!r}")
+  mask = np.asarray(selected_mask)
+  if mask.ndim != 1 or mask.dtype != np.bool_:
+    raise ValueError(
+        f"selected_mask must be a 1-D bool array [series], got {mask.dtype} {mask.shape}")
+  idx = np.flatnonzero(mask)
+  out = {}
+  for name, ppl_cn in ppl_by_model.items():
+    shape = tuple(np.shape(ppl_cn))
+    if len(shape) != 2 or shape[1] != mask.shape[0]:
+      raise ValueError(
+          f"ppl_by_model[{name!r}] must be [checkpoint, {mask.shape[0]}] to match selected_mask, got {shape}"
+      )
+    sub = np.asarray(np.asarray(ppl_cn)[:, idx], dtype=np.float64)
+    if mean == "geometric":
+      sub = np.log(sub)
+    out[name] = _nanmean_rows(sub)
+    if mean == "geometric":
+      out[name] = np.exp(out[name])
+  return out
 
 
 def _nanmean_rows(a_cn: np.ndarray) -> np.ndarray:
-    # Only NaN means "no prediction"; an infinite value is a real one and propagates.
-    present = ~np.isnan(a_cn)
-    count = present.sum(axis=1)
-    total = np.where(present, a_cn, 0.0).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+  # Only NaN means "no prediction"; an infinite value is a real one and propagates.
+  present = ~np.isnan(a_cn)
+  count = present.sum(axis=1)
+  total = np.where(present, a_cn, 0.0).sum(axis=1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def ppl_from_logprobs(logprobs_cn) -> np.ndarray:
-    """Per-token perplexity exp(−log p) in float64; NaN stays NaN."""
-    return np.exp(-np.asarray(logprobs_cn, dtype=np.float64))
+  """Per-token perplexity exp(−log p) in float64; NaN stays NaN."""
+  return np.exp(-np.asarray(logprobs_cn, dtype=np.float64))
 
 
 def validation_ppl(logprobs_cn) -> np.ndarray:
-    """Validation perplexity per checkpoint: exp(mean NLL over non-NaN tokens).
+  """Validation perplexity per checkpoint: exp(mean NLL over non-NaN tokens).
 
     Args:
       logprobs_cn: [checkpoint, token] natural-log probabilities; NaN marks
@@ -384,7 +392,7 @@ def validation_ppl(logprobs_cn) -> np.ndarray:
     Returns:
       [checkpoint] float64; NaN for a checkpoint with no scored token.
     """
-    lp = np.asarray(logprobs_cn, dtype=np.float64)
-    if lp.ndim != 2:
-        raise ValueError(f"logprobs_cn must be 2-D [checkpoint, token], got shape {lp.shape}")
-    return np.exp(-_nanmean_rows(lp))
+  lp = np.asarray(logprobs_cn, dtype=np.float64)
+  if lp.ndim != 2:
+    raise ValueError(f"logprobs_cn must be 2-D [checkpoint, token], got shape {lp.shape}")
+  return np.exp(-_nanmean_rows(lp))

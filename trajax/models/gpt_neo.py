@@ -45,6 +45,7 @@ def expand_attention_types(attention_types, source: str = "config.json") -> tupl
   def bad(why):
     return ValueError(f"{source}: field 'attention_types' is {attention_types!r}; expected a list "
                       f"of [kinds, repeat] pairs such as [[[\"global\", \"local\"], 12]] ({why})")
+
   if not isinstance(attention_types, (list, tuple)):
     raise bad("not a list")
   out = []
@@ -133,8 +134,9 @@ class GPTNeoConfig:
 
   def layer_windows(self) -> np.ndarray:
     """[layers] int32: how many slots back (self included) each layer's queries see."""
-    return np.array([self.window_size if k == "local" else GLOBAL_WINDOW
-                     for k in self.attention_layers], np.int32)
+    return np.array(
+        [self.window_size if k == "local" else GLOBAL_WINDOW for k in self.attention_layers],
+        np.int32)
 
   @classmethod
   def from_hf_config(cls, hf: dict[str, Any], source: str = "config.json") -> "GPTNeoConfig":
@@ -143,8 +145,10 @@ class GPTNeoConfig:
     Each field must have the JSON type transformers writes (`hf_config.HFFields`);
     a bad one is a ValueError naming `source` and the field.
     """
-    required = {"vocab_size": "vocab_size", "hidden_size": "hidden_size",
-                "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads"}
+    required = {
+        "vocab_size": "vocab_size", "hidden_size": "hidden_size", "num_layers": "num_hidden_layers",
+        "num_heads": "num_attention_heads"
+    }
     missing = [k for k, alias in required.items() if k not in hf and alias not in hf]
     if missing:
       raise ValueError(f"{source}: missing field(s) {missing} required for a GPT-Neo config")
@@ -152,9 +156,9 @@ class GPTNeoConfig:
     d = cls()
     eos = f.token_id("eos_token_id", d.eos_token_id)
     fields = {
-        "vocab_size": f.integer("vocab_size"), "hidden_size": f.integer("hidden_size"),
-        "num_layers": f.integer(("num_layers", "num_hidden_layers"), lo=0,
-                                hi=hf_config.MAX_LAYERS),
+        "vocab_size": f.integer("vocab_size"),
+        "hidden_size": f.integer("hidden_size"),
+        "num_layers": f.integer(("num_layers", "num_hidden_layers"), lo=0, hi=hf_config.MAX_LAYERS),
         "num_heads": f.integer(("num_heads", "num_attention_heads")),
         # HF: null means 4 * hidden_size.
         "intermediate_size": f.integer("intermediate_size", None, nullable=True),
@@ -164,7 +168,8 @@ class GPTNeoConfig:
         "activation_function": f.string("activation_function", "gelu_new", L.ACTIVATIONS),
         "layer_norm_epsilon": f.number("layer_norm_epsilon", 1e-5),
         "tie_word_embeddings": f.boolean("tie_word_embeddings", True),
-        "bos_token_id": f.token_id("bos_token_id", d.bos_token_id), "eos_token_id": eos,
+        "bos_token_id": f.token_id("bos_token_id", d.bos_token_id),
+        "eos_token_id": eos,
         "pad_token_id": f.token_id("pad_token_id", eos),
         "initializer_range": f.number("initializer_range", 0.02),
     }
@@ -183,18 +188,27 @@ class GPTNeoConfig:
       else:
         types.append([[kind], 1])
     return {
-        "architectures": ["GPTNeoForCausalLM"], "model_type": "gpt_neo",
-        "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
-        "num_layers": self.num_layers, "num_heads": self.num_heads,
+        "architectures": ["GPTNeoForCausalLM"],
+        "model_type": "gpt_neo",
+        "vocab_size": self.vocab_size,
+        "hidden_size": self.hidden_size,
+        "num_layers": self.num_layers,
+        "num_heads": self.num_heads,
         "intermediate_size": self.intermediate_size,
         "max_position_embeddings": self.max_position_embeddings,
-        "attention_types": types, "window_size": self.window_size,
+        "attention_types": types,
+        "window_size": self.window_size,
         "activation_function": self.activation_function,
         "layer_norm_epsilon": self.layer_norm_epsilon,
-        "tie_word_embeddings": self.tie_word_embeddings, "bos_token_id": self.bos_token_id,
-        "eos_token_id": self.eos_token_id, "pad_token_id": self.pad_token_id,
-        "initializer_range": self.initializer_range, "resid_dropout": 0.0,
-        "embed_dropout": 0.0, "attention_dropout": 0.0, "use_cache": True,
+        "tie_word_embeddings": self.tie_word_embeddings,
+        "bos_token_id": self.bos_token_id,
+        "eos_token_id": self.eos_token_id,
+        "pad_token_id": self.pad_token_id,
+        "initializer_range": self.initializer_range,
+        "resid_dropout": 0.0,
+        "embed_dropout": 0.0,
+        "attention_dropout": 0.0,
+        "use_cache": True,
     }
 
 
@@ -207,7 +221,6 @@ def window_mask(mask_b1ts, dist_ts, window):
 
 
 class GPTNeoSelfAttention(nnx.Module):
-
   def __init__(self, cfg: GPTNeoConfig, dtype, rngs, n: int):
     d, std = cfg.hidden_size, cfg.initializer_range
     self.num_heads = cfg.num_heads
@@ -239,13 +252,11 @@ class GPTNeoSelfAttention(nnx.Module):
 
 class GPTNeoAttention(nnx.Module):
   """HF's wrapper (`attn.attention`); kept for the parameter names."""
-
   def __init__(self, cfg: GPTNeoConfig, dtype, rngs, n: int):
     self.attention = GPTNeoSelfAttention(cfg, dtype, rngs, n)
 
 
 class GPTNeoMLP(nnx.Module):
-
   def __init__(self, cfg: GPTNeoConfig, dtype, rngs, n: int):
     d, f, std = cfg.hidden_size, cfg.ffn_dim, cfg.initializer_range
     self.act = cfg.activation_function
@@ -260,7 +271,6 @@ class GPTNeoMLP(nnx.Module):
 
 class GPTNeoBlock(nnx.Module):
   """All blocks at once: parameters [layers, ...]; `__call__` sees one slice."""
-
   def __init__(self, cfg: GPTNeoConfig, dtype, rngs, n: int):
     d, eps = cfg.hidden_size, cfg.layer_norm_epsilon
     self.ln_1 = L.LayerNorm(d, elementwise_affine=True, eps=eps, dtype=dtype, num_stacked=n)
@@ -276,7 +286,6 @@ class GPTNeoBlock(nnx.Module):
 
 
 class GPTNeoModel(nnx.Module):
-
   def __init__(self, cfg: GPTNeoConfig, dtype, rngs):
     self.cfg = cfg
     std = cfg.initializer_range
@@ -306,13 +315,13 @@ class GPTNeoModel(nnx.Module):
 
     def call(layer, h, window, kv):
       return layer(h, window_mask(mask_b1ts, dist_ts, window), kv, cache_index)
+
     x, kv_cache = L.scan_layers(self.h, x, kv_cache, call, windows_l)
     return self.ln_f(x), kv_cache
 
 
 class GPTNeoForCausalLM(L.CausalLM):
   """GPT-Neo with a (normally tied) LM head. Scoring uses `hidden_states` + `head_matrix`."""
-
   def __init__(self, cfg: GPTNeoConfig, *, dtype=jnp.float32, rngs: nnx.Rngs | None = None):
     self.config = cfg
     self.transformer = GPTNeoModel(cfg, dtype, rngs)
@@ -375,12 +384,14 @@ def param_breakdown(cfg: GPTNeoConfig) -> dict[str, int]:
   and wte when the head is untied.
   """
   d, f, v = cfg.hidden_size, cfg.ffn_dim, cfg.vocab_size
-  per_layer = (3 * d * d + d * d + d  # q/k/v (no bias), out_proj
-               + d * f + f + f * d + d  # c_fc, c_proj
-               + 2 * 2 * d)  # ln_1, ln_2
-  parts = {"wte": v * d, "wpe": cfg.max_position_embeddings * d,
-           "layers": cfg.num_layers * per_layer, "ln_f": 2 * d,
-           "lm_head": 0 if cfg.tie_word_embeddings else v * d}
+  per_layer = (
+      3 * d * d + d * d + d  # q/k/v (no bias), out_proj
+      + d * f + f + f * d + d  # c_fc, c_proj
+      + 2 * 2 * d)  # ln_1, ln_2
+  parts = {
+      "wte": v * d, "wpe": cfg.max_position_embeddings * d, "layers": cfg.num_layers * per_layer,
+      "ln_f": 2 * d, "lm_head": 0 if cfg.tie_word_embeddings else v * d
+  }
   parts["total"] = sum(parts.values())
   parts["non_embedding"] = parts["layers"] + parts["ln_f"]
   parts["flops"] = parts["total"] - parts["wpe"] - (parts["wte"] if parts["lm_head"] else 0)
@@ -426,8 +437,9 @@ def ignored_hf_keys(cfg: GPTNeoConfig) -> set[str]:
   (`attn.attention.bias`, `masked_bias`) that older transformers saved per layer."""
   keys = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
   for i in range(cfg.num_layers):
-    keys |= {f"transformer.h.{i}.attn.attention.bias",
-             f"transformer.h.{i}.attn.attention.masked_bias"}
+    keys |= {
+        f"transformer.h.{i}.attn.attention.bias", f"transformer.h.{i}.attn.attention.masked_bias"
+    }
   return keys
 
 

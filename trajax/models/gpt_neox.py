@@ -91,8 +91,9 @@ class GPTNeoXConfig:
     Each field must have the JSON type transformers writes (`hf_config.HFFields`);
     a bad one is a ValueError naming `source` and the field.
     """
-    required = ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                "intermediate_size"]
+    required = [
+        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"
+    ]
     missing = [k for k in required if k not in hf]
     if missing:
       raise ValueError(f"{source}: missing field(s) {missing} required for a GPT-NeoX config")
@@ -105,8 +106,10 @@ class GPTNeoXConfig:
       raise ValueError(f"{source}: field {rope_key!r}: rope type {rope_type!r} is not supported "
                        f"(only 'default')")
     # The rotary settings in either spelling; when a file has both, they must agree.
-    legacy = {"rotary_pct": f.number("rotary_pct", 0.25, hi=1.0),
-              "rotary_emb_base": f.number("rotary_emb_base", 10000.0, lo_open=True)}
+    legacy = {
+        "rotary_pct": f.number("rotary_pct", 0.25, hi=1.0),
+        "rotary_emb_base": f.number("rotary_emb_base", 10000.0, lo_open=True)
+    }
     pct_key, pct = "rotary_pct", legacy["rotary_pct"]
     base_key, base = "rotary_emb_base", legacy["rotary_emb_base"]
     if "partial_rotary_factor" in rope:
@@ -126,17 +129,21 @@ class GPTNeoXConfig:
     d = cls()
     eos = f.token_id("eos_token_id", d.eos_token_id)
     fields = {
-        "vocab_size": f.integer("vocab_size"), "hidden_size": hidden,
+        "vocab_size": f.integer("vocab_size"),
+        "hidden_size": hidden,
         "num_hidden_layers": f.integer("num_hidden_layers", lo=0, hi=hf_config.MAX_LAYERS),
-        "num_attention_heads": heads, "intermediate_size": f.integer("intermediate_size"),
+        "num_attention_heads": heads,
+        "intermediate_size": f.integer("intermediate_size"),
         "hidden_act": f.string("hidden_act", "gelu", L.ACTIVATIONS),
         "max_position_embeddings": f.integer("max_position_embeddings", 2048),
-        "rotary_pct": pct, "rotary_emb_base": base,
+        "rotary_pct": pct,
+        "rotary_emb_base": base,
         "layer_norm_eps": f.number("layer_norm_eps", 1e-5),
         "use_parallel_residual": f.boolean("use_parallel_residual", True),
         "attention_bias": f.boolean("attention_bias", True),
         "tie_word_embeddings": f.boolean("tie_word_embeddings", False),
-        "bos_token_id": f.token_id("bos_token_id", d.bos_token_id), "eos_token_id": eos,
+        "bos_token_id": f.token_id("bos_token_id", d.bos_token_id),
+        "eos_token_id": eos,
         "pad_token_id": f.token_id("pad_token_id", eos),
         "initializer_range": f.number("initializer_range", 0.02),
     }
@@ -148,20 +155,32 @@ class GPTNeoXConfig:
   def to_hf_config(self) -> dict[str, Any]:
     """The HF `config.json` dict (both rotary spellings, for old and new transformers)."""
     return {
-        "architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox",
-        "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+        "architectures": ["GPTNeoXForCausalLM"],
+        "model_type": "gpt_neox",
+        "vocab_size": self.vocab_size,
+        "hidden_size": self.hidden_size,
         "num_hidden_layers": self.num_hidden_layers,
         "num_attention_heads": self.num_attention_heads,
-        "intermediate_size": self.intermediate_size, "hidden_act": self.hidden_act,
+        "intermediate_size": self.intermediate_size,
+        "hidden_act": self.hidden_act,
         "max_position_embeddings": self.max_position_embeddings,
-        "rotary_pct": self.rotary_pct, "rotary_emb_base": self.rotary_emb_base,
-        "rope_parameters": {"rope_type": "default", "rope_theta": self.rotary_emb_base,
-                            "partial_rotary_factor": self.rotary_pct},
-        "layer_norm_eps": self.layer_norm_eps, "use_parallel_residual": self.use_parallel_residual,
-        "attention_bias": self.attention_bias, "tie_word_embeddings": self.tie_word_embeddings,
-        "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id,
-        "pad_token_id": self.pad_token_id, "initializer_range": self.initializer_range,
-        "attention_dropout": 0.0, "hidden_dropout": 0.0, "use_cache": True,
+        "rotary_pct": self.rotary_pct,
+        "rotary_emb_base": self.rotary_emb_base,
+        "rope_parameters": {
+            "rope_type": "default", "rope_theta": self.rotary_emb_base,
+            "partial_rotary_factor": self.rotary_pct
+        },
+        "layer_norm_eps": self.layer_norm_eps,
+        "use_parallel_residual": self.use_parallel_residual,
+        "attention_bias": self.attention_bias,
+        "tie_word_embeddings": self.tie_word_embeddings,
+        "bos_token_id": self.bos_token_id,
+        "eos_token_id": self.eos_token_id,
+        "pad_token_id": self.pad_token_id,
+        "initializer_range": self.initializer_range,
+        "attention_dropout": 0.0,
+        "hidden_dropout": 0.0,
+        "use_cache": True,
     }
 
 
@@ -170,7 +189,7 @@ KVCache = L.KVCache
 
 def rotary_tables(positions_bt, rotary_ndims: int, base: float):
   """(cos, sin), each [batch, length, 1, rotary_ndims] float32, as HF's rotary_emb."""
-  inv_freq = 1.0 / (base ** (jnp.arange(0, rotary_ndims, 2, dtype=jnp.float32) / rotary_ndims))
+  inv_freq = 1.0 / (base**(jnp.arange(0, rotary_ndims, 2, dtype=jnp.float32) / rotary_ndims))
   freqs_btr = positions_bt[..., None].astype(jnp.float32) * inv_freq
   emb_btr = jnp.concatenate([freqs_btr, freqs_btr], axis=-1)[:, :, None, :]
   return jnp.cos(emb_btr), jnp.sin(emb_btr)
@@ -188,7 +207,6 @@ def apply_rotary(x_bthd, cos_bt1r, sin_bt1r):
 
 
 class GPTNeoXAttention(nnx.Module):
-
   def __init__(self, cfg: GPTNeoXConfig, dtype, rngs, n: int):
     d, bias, std = cfg.hidden_size, cfg.attention_bias, cfg.initializer_range
     self.num_heads = cfg.num_attention_heads
@@ -215,7 +233,6 @@ class GPTNeoXAttention(nnx.Module):
 
 
 class GPTNeoXMLP(nnx.Module):
-
   def __init__(self, cfg: GPTNeoXConfig, dtype, rngs, n: int):
     d, f, std = cfg.hidden_size, cfg.intermediate_size, cfg.initializer_range
     self.act = cfg.hidden_act
@@ -230,7 +247,6 @@ class GPTNeoXMLP(nnx.Module):
 
 class GPTNeoXLayer(nnx.Module):
   """All layers at once: parameters [layers, ...]; `__call__` sees one slice."""
-
   def __init__(self, cfg: GPTNeoXConfig, dtype, rngs, n: int):
     d, eps = cfg.hidden_size, cfg.layer_norm_eps
     self.use_parallel_residual = cfg.use_parallel_residual
@@ -251,7 +267,6 @@ class GPTNeoXLayer(nnx.Module):
 
 
 class GPTNeoXModel(nnx.Module):
-
   def __init__(self, cfg: GPTNeoXConfig, dtype, rngs):
     self.cfg = cfg
     self.embed_in = L.Embed(cfg.vocab_size, cfg.hidden_size, axes=("vocab", "embed"), dtype=dtype,
@@ -270,15 +285,16 @@ class GPTNeoXModel(nnx.Module):
     """Hidden states [batch, length, hidden] (and the updated cache)."""
     x = self.embed_in(tokens_bt)
     rope = rotary_tables(positions_bt, self.cfg.rotary_ndims, self.cfg.rotary_emb_base)
+
     def call(layer, h, _, kv):
       return layer(h, rope, mask_b1ts, kv, cache_index)
+
     x, kv_cache = L.scan_layers(self.layers, x, kv_cache, call)
     return self.final_layer_norm(x), kv_cache
 
 
 class GPTNeoXForCausalLM(L.CausalLM):
   """GPT-NeoX with its (normally untied) `embed_out` head."""
-
   def __init__(self, cfg: GPTNeoXConfig, *, dtype=jnp.float32, rngs: nnx.Rngs | None = None):
     self.config = cfg
     self.gpt_neox = GPTNeoXModel(cfg, dtype, rngs)
@@ -337,11 +353,14 @@ def param_breakdown(cfg: GPTNeoXConfig) -> dict[str, int]:
   """
   d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
   b = 1 if cfg.attention_bias else 0
-  per_layer = (d * 3 * d + b * 3 * d + d * d + b * d  # query_key_value, dense
-               + d * f + f + f * d + d  # dense_h_to_4h, dense_4h_to_h
-               + 2 * 2 * d)  # input_layernorm, post_attention_layernorm
-  parts = {"embed_in": v * d, "layers": cfg.num_hidden_layers * per_layer,
-           "final_layer_norm": 2 * d, "embed_out": 0 if cfg.tie_word_embeddings else v * d}
+  per_layer = (
+      d * 3 * d + b * 3 * d + d * d + b * d  # query_key_value, dense
+      + d * f + f + f * d + d  # dense_h_to_4h, dense_4h_to_h
+      + 2 * 2 * d)  # input_layernorm, post_attention_layernorm
+  parts = {
+      "embed_in": v * d, "layers": cfg.num_hidden_layers * per_layer, "final_layer_norm": 2 * d,
+      "embed_out": 0 if cfg.tie_word_embeddings else v * d
+  }
   parts["total"] = sum(parts.values())
   parts["non_embedding"] = parts["layers"] + parts["final_layer_norm"]
   parts["flops"] = parts["total"] - (parts["embed_in"] if parts["embed_out"] else 0)
@@ -358,8 +377,8 @@ def hf_rules(cfg: GPTNeoXConfig) -> list[tuple[str, str, str | None]]:
            (f"{m}.final_layer_norm.scale", f"{m}.final_layer_norm.weight", None),
            (f"{m}.final_layer_norm.bias", f"{m}.final_layer_norm.bias", None)]
   linears = [("attention.query_key_value", cfg.attention_bias),
-             ("attention.dense", cfg.attention_bias),
-             ("mlp.dense_h_to_4h", True), ("mlp.dense_4h_to_h", True)]
+             ("attention.dense", cfg.attention_bias), ("mlp.dense_h_to_4h", True),
+             ("mlp.dense_4h_to_h", True)]
   for name, bias in linears:
     rules.append((f"{lyr}.{name}.kernel", f"{lyr}.{{i}}.{name}.weight", "T"))
     if bias:
@@ -387,8 +406,10 @@ def ignored_hf_keys(cfg: GPTNeoXConfig) -> set[str]:
   transformers saved per layer (the Pythia `.bin` files): causal mask and inv_freq."""
   keys = {"embed_out.weight"} if cfg.tie_word_embeddings else set()
   for i in range(cfg.num_hidden_layers):
-    keys |= {f"gpt_neox.layers.{i}.attention.{name}"
-             for name in ("bias", "masked_bias", "rotary_emb.inv_freq")}
+    keys |= {
+        f"gpt_neox.layers.{i}.attention.{name}"
+        for name in ("bias", "masked_bias", "rotary_emb.inv_freq")
+    }
   return keys
 
 

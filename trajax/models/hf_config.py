@@ -22,7 +22,6 @@ _REQUIRED = object()
 
 class HFFields:
   """Reads fields of one `config.json` dict (`hf`), naming `source` in every error."""
-
   def __init__(self, hf: dict[str, Any], source: str):
     self.hf = hf
     self.source = source

@@ -38,21 +38,23 @@ def scan_layers(layers: nnx.Module, x, kv_cache: KVCache | None, call, per_layer
   """
   graphdef, state = nnx.split(layers)
   if kv_cache is None:
+
     def body(h, xs):
       state_i, extra_i = xs
       h, _ = call(nnx.merge(graphdef, state_i), h, extra_i, None)
       return h, None
+
     x, _ = jax.lax.scan(body, x, (state, per_layer))
     return x, None
 
   def body_cached(carry, xs):
     h, k_lbshd, v_lbshd = carry
     state_i, extra_i, i = xs
-    h, (k_bshd, v_bshd) = call(nnx.merge(graphdef, state_i), h, extra_i,
-                               (k_lbshd[i], v_lbshd[i]))
+    h, (k_bshd, v_bshd) = call(nnx.merge(graphdef, state_i), h, extra_i, (k_lbshd[i], v_lbshd[i]))
     k_lbshd = jax.lax.dynamic_update_index_in_dim(k_lbshd, k_bshd, i, 0)
     v_lbshd = jax.lax.dynamic_update_index_in_dim(v_lbshd, v_bshd, i, 0)
     return (h, k_lbshd, v_lbshd), None
+
   n = kv_cache.k_lbshd.shape[0]
   (x, k, v), _ = jax.lax.scan(body_cached, (x, kv_cache.k_lbshd, kv_cache.v_lbshd),
                               (state, per_layer, jnp.arange(n)))
@@ -110,10 +112,8 @@ class CausalLM(nnx.Module):
         per sequence (1, 2, ...), 0 for padding; each sequence attends only to
         itself and its positions restart at 0 (`trajax.packing`).
     """
-    segment_ids_bt, positions_bt = self.segments_and_positions(tokens_bt, mask_bt,
-                                                               segment_ids_bt)
-    return self.layer_stack(tokens_bt, positions_bt, segment_mask(segment_ids_bt),
-                            segment_ids_bt)
+    segment_ids_bt, positions_bt = self.segments_and_positions(tokens_bt, mask_bt, segment_ids_bt)
+    return self.layer_stack(tokens_bt, positions_bt, segment_mask(segment_ids_bt), segment_ids_bt)
 
   def __call__(self, tokens_bt, mask_bt=None):
     """Full logits [batch, length, vocab] in float32 (tests and training only)."""
@@ -159,14 +159,13 @@ ones = jax.nn.initializers.ones
 
 class Linear(nnx.Module):
   """y = x @ kernel + bias, kernel [in, out] (Hugging Face stores [out, in])."""
-
   def __init__(self, in_features: int, out_features: int, *, axes: tuple[str | None, str | None],
                use_bias: bool, dtype, rngs: nnx.Rngs | None, init_std: float = 0.02,
                num_stacked: int | None = None):
     self.kernel = stacked_param(rngs, normal(init_std), (in_features, out_features), axes, dtype,
                                 num_stacked)
-    self.bias = (stacked_param(rngs, zeros, (out_features,), axes[1:], dtype, num_stacked)
-                 if use_bias else None)
+    self.bias = (stacked_param(rngs, zeros,
+                               (out_features,), axes[1:], dtype, num_stacked) if use_bias else None)
 
   def __call__(self, x):
     kernel = self.kernel[...]
@@ -181,7 +180,6 @@ class LayerNorm(nnx.Module):
 
   `elementwise_affine=False` has no parameters, as torch.nn.LayerNorm.
   """
-
   def __init__(self, features: int, *, elementwise_affine: bool, dtype, eps: float = 1e-5,
                num_stacked: int | None = None, axis_name: str = "embed"):
     self.eps = eps
@@ -204,7 +202,6 @@ class LayerNorm(nnx.Module):
 
 class Embed(nnx.Module):
   """A lookup table [num_embeddings, features]; also the tied output head."""
-
   def __init__(self, num_embeddings: int, features: int, *, axes: tuple[str, str], dtype,
                rngs: nnx.Rngs | None, init_std: float = 0.02):
     self.embedding = stacked_param(rngs, normal(init_std), (num_embeddings, features), axes, dtype,
@@ -302,8 +299,9 @@ def attention(q_bthd, k_bshd, v_bshd, mask_b1ts, implementation: str | None = No
   m = jnp.pad(jnp.broadcast_to(mask_b1ts, (b, 1, t, s)), ((0, 0), (0, 0), (0, pad), (0, 0)))
   q_nbqhd = q.reshape(b, n, query_block, h, d).swapaxes(0, 1)
   m_nb1qs = m.reshape(b, 1, n, query_block, s).transpose(2, 0, 1, 3, 4)
-  out = jax.lax.map(lambda qm: jax.nn.dot_product_attention(
-      qm[0], k_bshd, v_bshd, mask=qm[1], scale=1.0, implementation="xla"), (q_nbqhd, m_nb1qs))
+  out = jax.lax.map(
+      lambda qm: jax.nn.dot_product_attention(qm[0], k_bshd, v_bshd, mask=qm[1], scale=1.0,
+                                              implementation="xla"), (q_nbqhd, m_nb1qs))
   return out.swapaxes(0, 1).reshape(b, t + pad, h, d)[:, :t]
 
 
@@ -343,8 +341,7 @@ def causal_flash(q_bthd, k_bthd, v_bthd, segment_ids_bt, block: int = ATTENTION_
       m_bhq1, l_bhq1, acc_bhqd = carry
       k_bhkd = jax.lax.dynamic_slice_in_dim(k_bhsd, j * block, block, axis=2)
       v_bhkd = jax.lax.dynamic_slice_in_dim(v_bhsd, j * block, block, axis=2)
-      s_bhqk = jnp.einsum("bhqd,bhkd->bhqk", q_bhqd, k_bhkd,
-                          preferred_element_type=jnp.float32)
+      s_bhqk = jnp.einsum("bhqd,bhkd->bhqk", q_bhqd, k_bhkd, preferred_element_type=jnp.float32)
       visible_qk = (j * block + offsets)[None, :] <= (i * block + offsets)[:, None]
       seg_bk = jax.lax.dynamic_slice_in_dim(segment_ids_bt, j * block, block, axis=1)
       same_bqk = (seg_bq[:, :, None] == seg_bk[:, None, :]) & (seg_bk > 0)[:, None, :]
@@ -357,8 +354,9 @@ def causal_flash(q_bthd, k_bthd, v_bthd, segment_ids_bt, block: int = ATTENTION_
                                                  v_bhkd, preferred_element_type=jnp.float32)
       return m_new, l_bhq1 * rescale + p_bhqk.sum(-1, keepdims=True), acc_bhqd
 
-    init = (jnp.full((b, h, block, 1), -jnp.inf, jnp.float32),
-            jnp.zeros((b, h, block, 1), jnp.float32), jnp.zeros((b, h, block, d), jnp.float32))
+    init = (jnp.full((b, h, block, 1), -jnp.inf,
+                     jnp.float32), jnp.zeros((b, h, block, 1),
+                                             jnp.float32), jnp.zeros((b, h, block, d), jnp.float32))
     _, l_bhq1, acc_bhqd = jax.lax.fori_loop(0, i + 1, key_block, init)
     return (acc_bhqd / jnp.where(l_bhq1 > 0, l_bhq1, 1.0)).astype(q_bhqd.dtype)
 

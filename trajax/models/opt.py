@@ -76,8 +76,10 @@ class OPTConfig:
     Each field must have the JSON type transformers writes (`hf_config.HFFields`);
     a bad one is a ValueError naming `source` and the field.
     """
-    required = ["vocab_size", "hidden_size", "num_hidden_layers", "ffn_dim", "num_attention_heads",
-                "max_position_embeddings"]
+    required = [
+        "vocab_size", "hidden_size", "num_hidden_layers", "ffn_dim", "num_attention_heads",
+        "max_position_embeddings"
+    ]
     missing = [k for k in required if k not in hf]
     if missing:
       raise ValueError(f"{source}: missing field(s) {missing} required for an OPT config")
@@ -112,19 +114,28 @@ class OPTConfig:
   def to_hf_config(self) -> dict[str, Any]:
     """The HF `config.json` dict for this architecture (for checkpoints trajax writes)."""
     return {
-        "architectures": ["OPTForCausalLM"], "model_type": "opt",
-        "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
-        "num_hidden_layers": self.num_hidden_layers, "ffn_dim": self.ffn_dim,
+        "architectures": ["OPTForCausalLM"],
+        "model_type": "opt",
+        "vocab_size": self.vocab_size,
+        "hidden_size": self.hidden_size,
+        "num_hidden_layers": self.num_hidden_layers,
+        "ffn_dim": self.ffn_dim,
         "num_attention_heads": self.num_attention_heads,
         "max_position_embeddings": self.max_position_embeddings,
         "word_embed_proj_dim": self.word_embed_proj_dim,
         "do_layer_norm_before": self.do_layer_norm_before,
         "_remove_final_layer_norm": self.remove_final_layer_norm,
-        "activation_function": self.activation_function, "enable_bias": self.enable_bias,
+        "activation_function": self.activation_function,
+        "enable_bias": self.enable_bias,
         "layer_norm_elementwise_affine": self.layer_norm_elementwise_affine,
-        "tie_word_embeddings": self.tie_word_embeddings, "pad_token_id": self.pad_token_id,
-        "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id,
-        "init_std": self.init_std, "dropout": 0.0, "attention_dropout": 0.0, "layerdrop": 0.0,
+        "tie_word_embeddings": self.tie_word_embeddings,
+        "pad_token_id": self.pad_token_id,
+        "bos_token_id": self.bos_token_id,
+        "eos_token_id": self.eos_token_id,
+        "init_std": self.init_std,
+        "dropout": 0.0,
+        "attention_dropout": 0.0,
+        "layerdrop": 0.0,
         "use_cache": True,
     }
 
@@ -133,7 +144,6 @@ KVCache = L.KVCache
 
 
 class OPTAttention(nnx.Module):
-
   def __init__(self, cfg: OPTConfig, dtype, rngs, n: int):
     d, bias, std = cfg.hidden_size, cfg.enable_bias, cfg.init_std
     self.num_heads = cfg.num_attention_heads
@@ -169,7 +179,6 @@ class OPTAttention(nnx.Module):
 
 class OPTDecoderLayer(nnx.Module):
   """All decoder layers at once: parameters [layers, ...]; `__call__` sees one slice."""
-
   def __init__(self, cfg: OPTConfig, dtype, rngs, n: int):
     d, affine = cfg.hidden_size, cfg.layer_norm_elementwise_affine
     self.do_layer_norm_before = cfg.do_layer_norm_before
@@ -202,7 +211,6 @@ class OPTDecoderLayer(nnx.Module):
 
 
 class OPTDecoder(nnx.Module):
-
   def __init__(self, cfg: OPTConfig, dtype, rngs):
     self.cfg = cfg
     self.embed_tokens = L.Embed(cfg.vocab_size, cfg.word_embed_proj_dim, axes=("vocab", "embed"),
@@ -218,9 +226,9 @@ class OPTDecoder(nnx.Module):
     else:
       self.project_in = None
       self.project_out = None
-    self.final_layer_norm = (L.LayerNorm(cfg.hidden_size,
-                                         elementwise_affine=cfg.layer_norm_elementwise_affine,
-                                         dtype=dtype) if cfg.has_final_layer_norm else None)
+    self.final_layer_norm = (L.LayerNorm(
+        cfg.hidden_size, elementwise_affine=cfg.layer_norm_elementwise_affine, dtype=dtype)
+                             if cfg.has_final_layer_norm else None)
     self.layers = OPTDecoderLayer(cfg, dtype, rngs, cfg.num_hidden_layers)
 
   def layer(self, i: int) -> OPTDecoderLayer:
@@ -239,6 +247,7 @@ class OPTDecoder(nnx.Module):
     def call(layer, h, _, kv):
       # Without a cache the segments let CPU attention take the causal flash path.
       return layer(h, mask_b1ts, kv, cache_index, segments_bt if kv is None else None)
+
     x, kv_cache = L.scan_layers(self.layers, x, kv_cache, call)
 
     if self.final_layer_norm is not None:
@@ -249,7 +258,6 @@ class OPTDecoder(nnx.Module):
 
 
 class OPTModel(nnx.Module):
-
   def __init__(self, cfg: OPTConfig, dtype, rngs):
     self.decoder = OPTDecoder(cfg, dtype, rngs)
 
@@ -315,8 +323,9 @@ def create(cfg: OPTConfig, *, dtype=jnp.float32, seed: int | None = 0) -> OPTFor
 # Conversion table: trajax parameter path <- HF state-dict key, hook.
 # '{i}' marks a per-layer key stacked on the leading `layers` axis; "T" transposes
 # torch's Linear weight [out, in] to our kernel [in, out].
-_LAYER_LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
-                  "fc1", "fc2"]
+_LAYER_LINEARS = [
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2"
+]
 _LAYER_NORMS = ["self_attn_layer_norm", "final_layer_norm"]
 
 

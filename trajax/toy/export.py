@@ -37,16 +37,18 @@ def hf_state_dict(model) -> dict[str, np.ndarray]:
   """
   cfg = model.config
   fam = models.family(cfg.to_hf_config()["model_type"])
-  flat = {".".join(str(p) for p in path): var
-          for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  flat = {
+      ".".join(str(p) for p in path): var
+      for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))
+  }
   tensors = {}
   for ours, hf_key, hook in fam.hf_rules(cfg):
     if ours not in flat:
       raise ValueError(f"export: the model has no parameter {ours!r} required by the "
                        f"{cfg.family} conversion table")
     a = np.asarray(flat.pop(ours).get_value(), np.float32)
-    parts = ([(hf_key.format(i=i), a[i]) for i in range(a.shape[0])] if "{i}" in hf_key
-             else [(hf_key, a)])
+    parts = ([(hf_key.format(i=i), a[i]) for i in range(a.shape[0])]
+             if "{i}" in hf_key else [(hf_key, a)])
     for key, part in parts:
       tensors[key] = np.ascontiguousarray(part.T if hook == "T" else part)
   if flat:

@@ -30,80 +30,88 @@ def _monotone(values: list[float], decreasing: bool = True) -> bool:
 def _trend_sections(trends: dict) -> list[Section]:
   names = trends["models"]
   final = trends["final_valid_ppl"]
-  out = [Section(
-      "Fig. 1 — validation perplexity vs training FLOPs",
-      "Validation perplexity falls along a power law in compute; at equal FLOPs, larger models "
-      "reach lower perplexity.",
-      f"Final validation PPL, smallest to largest: "
-      f"{', '.join(f'{n} {_fmt(final[n])}' for n in names)}. Larger models reach lower final "
-      f"perplexity: {'yes' if trends['larger_models_lower_final_ppl'] else 'no'}.",
-      [trends["figures"]["fig1"][0]])]
+  out = [
+      Section(
+          "Fig. 1 — validation perplexity vs training FLOPs",
+          "Validation perplexity falls along a power law in compute; at equal FLOPs, larger models "
+          "reach lower perplexity.", f"Final validation PPL, smallest to largest: "
+          f"{', '.join(f'{n} {_fmt(final[n])}' for n in names)}. Larger models reach lower final "
+          f"perplexity: {'yes' if trends['larger_models_lower_final_ppl'] else 'no'}.",
+          [trends["figures"]["fig1"][0]])
+  ]
 
   fig2 = trends["figures"].get("fig2")
   if fig2:
     by_model: dict[str, list[dict]] = {}
     for r in _rows(fig2[1]):
       by_model.setdefault(r["model"], []).append(r)
-    rising = [m for m, rs in by_model.items()
-              if len(rs) > 1 and float(rs[-1]["stagnated"]) > float(rs[0]["stagnated"])]
+    rising = [
+        m for m, rs in by_model.items()
+        if len(rs) > 1 and float(rs[-1]["stagnated"]) > float(rs[0]["stagnated"])
+    ]
     detail = "; ".join(
         f"{m}: stagnated {float(rs[0]['stagnated']):.0f}% → {float(rs[-1]['stagnated']):.0f}%, "
         f"upward {float(rs[0]['upward']):.0f}% → {float(rs[-1]['upward']):.0f}%"
         for m, rs in by_model.items())
-    out.append(Section(
-        "Fig. 2 — share of tokens per trend vs the start of the fit",
-        "The share of stagnated tokens grows and the upward and downward shares shrink as the "
-        "start point moves later in training; ~60% of tokens fall in some category.",
-        f"From the earliest to the latest start point — {detail}. The stagnated share grows in "
-        f"{len(rising)} of {len(by_model)} models.", [fig2[0]]))
+    out.append(
+        Section(
+            "Fig. 2 — share of tokens per trend vs the start of the fit",
+            "The share of stagnated tokens grows and the upward and downward shares shrink as the "
+            "start point moves later in training; ~60% of tokens fall in some category.",
+            f"From the earliest to the latest start point — {detail}. The stagnated share grows in "
+            f"{len(rising)} of {len(by_model)} models.", [fig2[0]]))
 
   smallest, largest = names[0], names[-1]
   for cat, paper in (
       ("stagnated", "Tokens stagnated after 10% of a small model's training stay stagnated in "
-                    "larger models (Fig. 3)."),
+       "larger models (Fig. 3)."),
       ("upward", "Tokens whose perplexity rises in a small model rise in larger models too, and "
-                 "the largest show double descent (Fig. 4)."),
+       "the largest show double descent (Fig. 4)."),
       ("downward", "Tokens still being learned by one model are learned by the others (Fig. 4)."),
   ):
-    entry = next((e for e in trends["subsets"] if e["selector"] == smallest
-                  and e["category"] == cat and abs(e["fraction"] - 0.1) < 1e-9), None)
+    entry = next(
+        (e for e in trends["subsets"]
+         if e["selector"] == smallest and e["category"] == cat and abs(e["fraction"] - 0.1) < 1e-9),
+        None)
     if entry is None:
       continue
     curves = _rows(entry["figures"][1])  # the FLOPs figure's CSV: model, checkpoint, x, mean_ppl
     finals = entry["mean_ppl_final"]
     desc = []
     for n in names:
-      ys = [float(r["mean_ppl"]) for r in curves if r["model"] == n
-            and math.isfinite(float(r["mean_ppl"] or "nan"))]
+      ys = [
+          float(r["mean_ppl"]) for r in curves
+          if r["model"] == n and math.isfinite(float(r["mean_ppl"] or "nan"))
+      ]
       if ys:
         peak = max(ys)
         desc.append(f"{n} {_fmt(ys[0])} → {_fmt(ys[-1])}" +
-                    (" (rises then falls)" if peak > ys[0] * 1.02 and ys[-1] < peak * 0.98
-                     else ""))
-    out.append(Section(
-        f"Fig. {3 if cat == 'stagnated' else 4} — {cat} tokens selected by {smallest} after 10%",
-        paper,
-        f"{_fmt(entry['percent'])}% of tokens are {cat} for {smallest}. Mean PPL of the same "
-        f"tokens, first → last checkpoint: {'; '.join(desc)}. At the end, {largest} "
-        f"{'is lower' if finals.get(largest, math.inf) < finals.get(smallest, -math.inf) else 'is not lower'}"
-        f" than {smallest} on them.",
-        [entry["figures"][0], entry["figures"][2]]))
+                    (" (rises then falls)" if peak > ys[0] * 1.02 and ys[-1] < peak * 0.98 else ""))
+    out.append(
+        Section(
+            f"Fig. {3 if cat == 'stagnated' else 4} — {cat} tokens selected by {smallest} after 10%",
+            paper,
+            f"{_fmt(entry['percent'])}% of tokens are {cat} for {smallest}. Mean PPL of the same "
+            f"tokens, first → last checkpoint: {'; '.join(desc)}. At the end, {largest} "
+            f"{'is lower' if finals.get(largest, math.inf) < finals.get(smallest, -math.inf) else 'is not lower'}"
+            f" than {smallest} on them.", [entry["figures"][0], entry["figures"][2]]))
 
   tv = trends.get("token_view")
   if tv:
     with open(tv["path"], encoding="utf-8") as f:
       page = f.read()
     c = tv["counts"]
-    out.append(Section(
-        "Table 3 — tokens coloured by trend",
-        "Stagnated tokens are mostly function words, punctuation and word continuations; upward "
-        "tokens resist a simple description.",
-        f"Block {tv['block']} under {tv['model']} after {tv['fraction'] * 100:g}% of training: "
-        f"{c.get('stagnated', 0)} stagnated, {c.get('upward', 0)} upward, "
-        f"{c.get('downward', 0)} downward, {c.get('none', 0)} uncategorised tokens "
-        f"(hover a token for its perplexity trajectory).",
-        html=f'<iframe style="width:100%;height:420px;border:1px solid #ccc" '
-             f'srcdoc="{html.escape(page, quote=True)}"></iframe>'))
+    out.append(
+        Section(
+            "Table 3 — tokens coloured by trend",
+            "Stagnated tokens are mostly function words, punctuation and word continuations; upward "
+            "tokens resist a simple description.",
+            f"Block {tv['block']} under {tv['model']} after {tv['fraction'] * 100:g}% of training: "
+            f"{c.get('stagnated', 0)} stagnated, {c.get('upward', 0)} upward, "
+            f"{c.get('downward', 0)} downward, {c.get('none', 0)} uncategorised tokens "
+            f"(hover a token for its perplexity trajectory).",
+            html=f'<iframe style="width:100%;height:420px;border:1px solid #ccc" '
+            f'srcdoc="{html.escape(page, quote=True)}"></iframe>'))
   return out
 
 
@@ -118,14 +126,15 @@ def _decode_sections(decode: dict) -> list[Section]:
       by_frac.setdefault(r["fraction"], {})[r["model"]] = float(r["ppl"])
     models = list(next(iter(by_frac.values())).keys()) if by_frac else []
     down = [f for f, d in by_frac.items() if len(d) > 1 and _monotone([d[m] for m in d])]
-    out.append(Section(
-        "Fig. 5 (left) — corrupted texts at final checkpoints",
-        "Even with 20–100% of tokens replaced by random ones, larger models reach lower "
-        "perplexity: the downward scaling trend survives the noise.",
-        f"Corruption levels where perplexity falls monotonically with model size "
-        f"({', '.join(models)}): {len(down)} of {len(by_frac)} "
-        f"({', '.join(sorted(down)) or 'none'}).",
-        [p for k, p in figs.items() if k.startswith("fig5")]))
+    out.append(
+        Section(
+            "Fig. 5 (left) — corrupted texts at final checkpoints",
+            "Even with 20–100% of tokens replaced by random ones, larger models reach lower "
+            "perplexity: the downward scaling trend survives the noise.",
+            f"Corruption levels where perplexity falls monotonically with model size "
+            f"({', '.join(models)}): {len(down)} of {len(by_frac)} "
+            f"({', '.join(sorted(down)) or 'none'}).",
+            [p for k, p in figs.items() if k.startswith("fig5")]))
   scaling = decode.get("generated_ppl")
   if scaling and os.path.exists(scaling):
     rows = _rows(scaling)
@@ -144,21 +153,23 @@ def _decode_sections(decode: dict) -> list[Section]:
       trend = ("rises with size (inverse scaling)" if _monotone(vals, decreasing=False) else
                "falls with size" if _monotone(vals) else "is not monotone in size")
       lines.append(f"{cfg}: {trend} ({', '.join(_fmt(v) for v in vals)})")
-    out.append(Section(
-        "Fig. 6 — perplexity of generated texts (final checkpoints and trajectories)",
-        "Texts decoded from p_s − p_l show inverse scaling: larger models assign them higher "
-        "perplexity; p_l and p_l − p_s show normal scaling.",
-        "Greedy texts, final checkpoints smallest → largest: " + "; ".join(lines) + ".",
-        [p for k, p in figs.items() if k.startswith(("fig6", "fig16"))]))
+    out.append(
+        Section(
+            "Fig. 6 — perplexity of generated texts (final checkpoints and trajectories)",
+            "Texts decoded from p_s − p_l show inverse scaling: larger models assign them higher "
+            "perplexity; p_l and p_l − p_s show normal scaling.",
+            "Greedy texts, final checkpoints smallest → largest: " + "; ".join(lines) + ".",
+            [p for k, p in figs.items() if k.startswith(("fig6", "fig16"))]))
   table = decode.get("examples")
   if table and os.path.exists(table):
     with open(table, encoding="utf-8") as f:
       text = f.read()
-    out.append(Section(
-        "Table 1 — example generations per configuration",
-        "p_s − p_l yields grammatical but hallucinated text; p_l − p_s reads most naturally.",
-        "The first prompts of the validation set, decoded with each configuration (greedy).",
-        html=f"<pre style='white-space:pre-wrap'>{html.escape(text)}</pre>"))
+    out.append(
+        Section(
+            "Table 1 — example generations per configuration",
+            "p_s − p_l yields grammatical but hallucinated text; p_l − p_s reads most naturally.",
+            "The first prompts of the validation set, decoded with each configuration (greedy).",
+            html=f"<pre style='white-space:pre-wrap'>{html.escape(text)}</pre>"))
   return out
 
 
@@ -166,33 +177,37 @@ def _icl_sections(icl: dict) -> list[Section]:
   names = icl["models"]
   acc, chance = icl["final_accuracy"], icl.get("chance")
   r = icl.get("pearson_accuracy_vs_log_valid_ppl")
-  out = [Section(
-      "Fig. 8 — 2-shot accuracy vs FLOPs and validation perplexity",
-      "At equal FLOPs smaller models often do better; against validation perplexity the curves "
-      "of all sizes overlap: perplexity predicts in-context accuracy.",
-      f"Final accuracy smallest → largest: {', '.join(f'{n} {_fmt(acc[n])}' for n in names)} "
-      f"(chance {_fmt(chance)}). Pearson correlation of accuracy with log validation PPL over "
-      f"all checkpoints: {_fmt(r)}"
-      f"{' (lower perplexity, higher accuracy)' if r is not None and r < 0 else ''}.",
-      [icl["figures"]["fig8"]])]
-  gaps = {n: icl["final_ppl_incorrect"][n] - icl["final_ppl_correct"][n] for n in names
-          if icl["final_ppl_incorrect"].get(n) is not None
-          and icl["final_ppl_correct"].get(n) is not None}
-  out.append(Section(
-      "Fig. 9 / Fig. 5 (right) — perplexity of correct and incorrect options",
-      "Both fall with scale; accuracy improves as the correct options' perplexity pulls away "
-      "from the incorrect ones'.",
-      f"Final incorrect − correct option PPL, smallest → largest: "
-      f"{', '.join(f'{n} {_fmt(g)}' for n, g in gaps.items())}; the gap "
-      f"{'widens' if _monotone(list(gaps.values()), decreasing=False) else 'does not widen monotonically'}"
-      f" with size.",
-      [icl["figures"]["fig9"], icl["figures"]["fig5_right"]]))
-  out.append(Section(
-      "Fig. 17/18 — per-task scaling, linearity and breakthroughness",
-      "Some tasks improve smoothly with scale (linearity), others jump late (breakthroughness).",
-      "; ".join(f"{t}: linearity {_fmt(v.get('linearity'))}, breakthroughness "
-                f"{_fmt(v.get('breakthroughness'))}" for t, v in icl.get("scaling", {}).items())
-      or "no task scores", [icl["figures"]["fig17_18"]]))
+  out = [
+      Section(
+          "Fig. 8 — 2-shot accuracy vs FLOPs and validation perplexity",
+          "At equal FLOPs smaller models often do better; against validation perplexity the curves "
+          "of all sizes overlap: perplexity predicts in-context accuracy.",
+          f"Final accuracy smallest → largest: {', '.join(f'{n} {_fmt(acc[n])}' for n in names)} "
+          f"(chance {_fmt(chance)}). Pearson correlation of accuracy with log validation PPL over "
+          f"all checkpoints: {_fmt(r)}"
+          f"{' (lower perplexity, higher accuracy)' if r is not None and r < 0 else ''}.",
+          [icl["figures"]["fig8"]])
+  ]
+  gaps = {
+      n: icl["final_ppl_incorrect"][n] - icl["final_ppl_correct"][n] for n in names if
+      icl["final_ppl_incorrect"].get(n) is not None and icl["final_ppl_correct"].get(n) is not None
+  }
+  out.append(
+      Section(
+          "Fig. 9 / Fig. 5 (right) — perplexity of correct and incorrect options",
+          "Both fall with scale; accuracy improves as the correct options' perplexity pulls away "
+          "from the incorrect ones'.", f"Final incorrect − correct option PPL, smallest → largest: "
+          f"{', '.join(f'{n} {_fmt(g)}' for n, g in gaps.items())}; the gap "
+          f"{'widens' if _monotone(list(gaps.values()), decreasing=False) else 'does not widen monotonically'}"
+          f" with size.", [icl["figures"]["fig9"], icl["figures"]["fig5_right"]]))
+  out.append(
+      Section(
+          "Fig. 17/18 — per-task scaling, linearity and breakthroughness",
+          "Some tasks improve smoothly with scale (linearity), others jump late (breakthroughness).",
+          "; ".join(f"{t}: linearity {_fmt(v.get('linearity'))}, breakthroughness "
+                    f"{_fmt(v.get('breakthroughness'))}"
+                    for t, v in icl.get("scaling", {}).items()) or "no task scores",
+          [icl["figures"]["fig17_18"]]))
   return out
 
 

@@ -62,16 +62,16 @@ def _run_claimed(config, workdir: str) -> str:
   wire(config, workdir, manifest)
   _stage("score", lambda: sweep.run(config.score, workdir))
   trends_summary = _stage("trends", lambda: token_study.run(config.trends, workdir))
-  decode_out = _stage("decode", lambda: generation.run(config.decode,
-                                                        os.path.join(workdir, "decode")))
+  decode_out = _stage("decode",
+                      lambda: generation.run(config.decode, os.path.join(workdir, "decode")))
   icl_summary = _stage("icl", lambda: icl_study.run(config.icl, workdir))
   sections = findings.sections(workdir, trends_summary, decode_out, icl_summary)
-  path = report.write(os.path.join(workdir, "report.html"),
-                      "trajax — training trajectories of a toy OPT family",
-                      f"{len(trends_summary['models'])} OPT-architecture models "
-                      f"({', '.join(trends_summary['models'])}) trained by trajax on a synthetic "
-                      f"world, every checkpoint scored and analysed as Xia et al. (2023) did for "
-                      f"OPT. Each section states what the paper found and what this run shows, "
-                      f"computed from its numbers.", sections)
+  path = report.write(
+      os.path.join(workdir, "report.html"), "trajax — training trajectories of a toy OPT family",
+      f"{len(trends_summary['models'])} OPT-architecture models "
+      f"({', '.join(trends_summary['models'])}) trained by trajax on a synthetic "
+      f"world, every checkpoint scored and analysed as Xia et al. (2023) did for "
+      f"OPT. Each section states what the paper found and what this run shows, "
+      f"computed from its numbers.", sections)
   logging.info("study done in %.0fs: %s", time.perf_counter() - t0, path)
   return path

@@ -43,7 +43,6 @@ from trajax.toy import export
 BOS_ID = corpus.SPECIAL_TOKENS.index("</s>")  # OPT prepends </s> (id 2) as BOS
 PAD_ID = corpus.SPECIAL_TOKENS.index("<pad>")
 
-
 # ------------------------------------------------------------------ schedule
 
 
@@ -153,11 +152,12 @@ def prepare_data(config, workdir: str) -> dict[str, Any]:
   train_tokens, train_mask = chunk_documents(ids, seq_len)
   val_docs = [data_lib.Document(f"validation:{i}", t) for i, t in enumerate(splits["validation"])]
   # The validation blocks are what the scoring stage reads: [BOS] + a document's start.
-  val = data_lib.make_blocks(val_docs, tokenizer, block_len=seq_len, max_docs=None,
-                             bos_id=BOS_ID, pad_id=PAD_ID)
-  return {"tokenizer_dir": tok_dir, "vocab_size": len(tokenizer),
-          "train_tokens": train_tokens, "train_mask": train_mask,
-          "val_tokens": val.tokens, "val_mask": val.mask}
+  val = data_lib.make_blocks(val_docs, tokenizer, block_len=seq_len, max_docs=None, bos_id=BOS_ID,
+                             pad_id=PAD_ID)
+  return {
+      "tokenizer_dir": tok_dir, "vocab_size": len(tokenizer), "train_tokens": train_tokens,
+      "train_mask": train_mask, "val_tokens": val.tokens, "val_mask": val.mask
+  }
 
 
 # --------------------------------------------------------------------- model
@@ -168,8 +168,8 @@ def model_config(spec, vocab_size: int, seq_len: int) -> opt.OPTConfig:
   return opt.OPTConfig(vocab_size=vocab_size, hidden_size=spec["hidden"],
                        num_hidden_layers=spec["layers"], ffn_dim=spec["ffn"],
                        num_attention_heads=spec["heads"], max_position_embeddings=seq_len,
-                       word_embed_proj_dim=spec["hidden"], pad_token_id=PAD_ID,
-                       bos_token_id=BOS_ID, eos_token_id=BOS_ID)
+                       word_embed_proj_dim=spec["hidden"], pad_token_id=PAD_ID, bos_token_id=BOS_ID,
+                       eos_token_id=BOS_ID)
 
 
 def param_count(model) -> int:
@@ -180,15 +180,14 @@ def param_count(model) -> int:
 def _decay_mask(params):
   # Weight decay on matrices (kernels, embeddings), not on biases or LayerNorm.
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: any(getattr(k, "key", None) in ("kernel", "embedding") for k in path),
-      params)
+      lambda path, _: any(getattr(k, "key", None) in ("kernel", "embedding") for k in path), params)
 
 
 @functools.lru_cache(maxsize=None)
 def _optimizer(lr, steps, warmup_steps, min_lr_ratio, b1, b2, weight_decay, grad_clip):
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=lr, warmup_steps=warmup_steps, decay_steps=steps,
-      end_value=lr * min_lr_ratio)
+  schedule = optax.warmup_cosine_decay_schedule(init_value=0.0, peak_value=lr,
+                                                warmup_steps=warmup_steps, decay_steps=steps,
+                                                end_value=lr * min_lr_ratio)
   return optax.chain(
       optax.clip_by_global_norm(grad_clip),
       optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay, mask=_decay_mask))
@@ -226,6 +225,7 @@ def train_step(graphdef, tx, params, opt_state, tokens_bt, mask_bt):
   def loss_fn(p):
     total, count = _mean_nll(graphdef, p, tokens_bt, mask_bt)
     return total / jnp.maximum(count, 1.0)
+
   loss, grads = jax.value_and_grad(loss_fn)(params)
   updates, opt_state = tx.update(grads, opt_state, params)
   return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(grads)
@@ -256,8 +256,10 @@ def validation_loss(graphdef, params, tokens, mask, batch_size: int) -> float:
 def _fingerprint(config, spec, data) -> dict:
   """What a reused checkpoint must have been trained with."""
   t = {k: v for k, v in config.train.to_dict().items() if k != "models"}
-  return {"model": dict(spec), "train": t, "world": config.world.to_dict(),
-          "vocab_size": data["vocab_size"]}
+  return {
+      "model": dict(spec), "train": t, "world": config.world.to_dict(),
+      "vocab_size": data["vocab_size"]
+  }
 
 
 def _ckpt_dir(model_dir: str, step: int) -> str:
@@ -298,12 +300,12 @@ def train_model(spec, config, data, model_dir: str) -> trajectory.Model:
       tuple(trajectory.Checkpoint(s, _ckpt_dir(model_dir, s)) for s in steps), n_params)
 
   if _reusable(model_dir, steps, fingerprint):
-    logging.info("%s: all %d checkpoints exist (final: step %d); reusing, not retraining",
-                 name, len(steps), steps[-1])
+    logging.info("%s: all %d checkpoints exist (final: step %d); reusing, not retraining", name,
+                 len(steps), steps[-1])
     return manifest_entry
   if os.path.isdir(model_dir):
-    logging.warning("%s: %s holds an incomplete or different run; retraining from scratch",
-                    name, model_dir)
+    logging.warning("%s: %s holds an incomplete or different run; retraining from scratch", name,
+                    model_dir)
     shutil.rmtree(model_dir)
   os.makedirs(model_dir)
   atomic.write_json(os.path.join(model_dir, "train_config.json"), fingerprint, sort_keys=False)
@@ -345,10 +347,12 @@ def train_model(spec, config, data, model_dir: str) -> trajectory.Model:
       tok_s = interval_tokens / max(now - interval_start, 1e-9)
       # Steady-state rate (compilation excluded), exports and evaluations included.
       eta = (now - first_step_end) / max(step - 1, 1) * (t.steps - step)
-      logging.info("%s step %d/%d: loss %.4f, grad norm %.3f, %.0f tokens/s, ETA %.0fs", name,
-                   step, t.steps, mean_loss, float(gnorm), tok_s, eta)
-      log({"step": step, "loss": mean_loss, "grad_norm": float(gnorm), "tokens_per_s": tok_s,
-           "elapsed_s": now - start, "eta_s": eta})
+      logging.info("%s step %d/%d: loss %.4f, grad norm %.3f, %.0f tokens/s, ETA %.0fs", name, step,
+                   t.steps, mean_loss, float(gnorm), tok_s, eta)
+      log({
+          "step": step, "loss": mean_loss, "grad_norm": float(gnorm), "tokens_per_s": tok_s,
+          "elapsed_s": now - start, "eta_s": eta
+      })
       losses, interval_tokens, interval_start = [], 0, time.perf_counter()
     if step in pending:
       val = validation_loss(graphdef, params, data["val_tokens"], data["val_mask"], t.batch_size)
@@ -377,11 +381,12 @@ def train_family(config, workdir: str) -> str:
   data = prepare_data(config, workdir)
   logging.info("data: %d training rows of %d tokens, %d validation blocks, vocab %d (%.1fs)",
                data["train_tokens"].shape[0], config.train.seq_len, data["val_tokens"].shape[0],
-               data["vocab_size"], time.perf_counter() - t0)
+               data["vocab_size"],
+               time.perf_counter() - t0)
   entries = []
   for spec in config.train.models:
-    entries.append(train_model(spec, config, data,
-                               os.path.join(workdir, "checkpoints", spec["name"])))
+    entries.append(
+        train_model(spec, config, data, os.path.join(workdir, "checkpoints", spec["name"])))
   path = os.path.join(workdir, "trajectory.json")
   trajectory.Trajectory(tuple(entries), name=config.get("name", "toy")).save(path)
   logging.info("trajectory of %d models written to %s (%.1fs)", len(entries), path,
