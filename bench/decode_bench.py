@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from trajax import checkpoints, decoding  # pylint: disable=g-import-not-at-top
+from trajax import decoding, hf_checkpoints  # pylint: disable=g-import-not-at-top
 from trajax.models import opt  # pylint: disable=g-import-not-at-top
 
 _HAS_GPU = any(d.platform == "gpu" for d in jax.devices())
@@ -69,7 +69,7 @@ def build(shapes, cpu_small, tmp):
     if cpu_small:  # same weights on both sides
       path = os.path.join(tmp, f"m{i}")
       tm.save_pretrained(path)
-      out_j.append(checkpoints.load_hf(path, dtype=jnp.float32))
+      out_j.append(hf_checkpoints.load_hf(path, dtype=jnp.float32))
     else:  # 6.7b: random trajax weights of the same shape (no 13 GB round trip)
       cfg = opt.OPTConfig(vocab_size=50272, word_embed_proj_dim=shape["hidden_size"], **shape)
       out_j.append(opt.create(cfg, dtype=jnp.bfloat16, seed=i))

@@ -63,7 +63,7 @@ def bench_shape(shape, attentions, peak):
   import torch
   from transformers import OPTConfig, OPTForCausalLM
   import trajax
-  from trajax import checkpoints
+  from trajax import hf_checkpoints
   from trajax.models import set_attention_implementation
   cfg = hf_config(shape)
   batch = SHAPES[shape][4]
@@ -72,7 +72,7 @@ def bench_shape(shape, attentions, peak):
       OPTConfig(**{k: v for k, v in cfg.items() if k != "model_type"},
                 attn_implementation="sdpa")).to("cuda", torch.bfloat16).eval()
   state = {k: v.detach().float().cpu().numpy() for k, v in ref.state_dict().items()}
-  model = checkpoints.from_state_dict(cfg, state, dtype="bfloat16")
+  model = hf_checkpoints.from_state_dict(cfg, state, dtype="bfloat16")
   del state
   params = sum(p.numel() for p in ref.parameters())
   ids = np.random.RandomState(0).randint(3, 50265, size=(batch, LENGTH))

@@ -73,6 +73,16 @@ def _model(name, hidden_size, num_layers, num_heads, ffn_dim, word_embed_proj_di
   return m
 
 
+def hf_config(m) -> dict:
+  """The HF `config.json` fields of a `models` entry (for `trajax.models.opt.OPTConfig`)."""
+  return {
+      "model_type": "opt", "vocab_size": m.vocab_size, "hidden_size": m.hidden_size,
+      "num_hidden_layers": m.num_layers, "num_attention_heads": m.num_heads, "ffn_dim": m.ffn_dim,
+      "max_position_embeddings": m.max_positions, "word_embed_proj_dim": m.word_embed_proj_dim,
+      "do_layer_norm_before": m.do_layer_norm_before
+  }
+
+
 def get_config():
   config = ml_collections.ConfigDict()
   # The six sizes of Table 2, in order, as keys of `models`.

@@ -204,17 +204,17 @@ def test_safetensors_round_trip_matches_reference_library(tmp_path):
 
 
 def test_from_state_dict_equals_load_hf(tiny_ckpt):
-  from trajax import checkpoints
+  from trajax import hf_checkpoints
   path, ref = tiny_ckpt(do_layer_norm_before=False, word_embed_proj_dim=8)
   state = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
   hf_config = json.load(open(os.path.join(path, "config.json")))
-  model = checkpoints.from_state_dict(hf_config, state)
+  model = hf_checkpoints.from_state_dict(hf_config, state)
   _assert_matches(path, ref)
   np.testing.assert_allclose(trajax.token_logprobs(model, IDS, MASK),
                              torch_logprobs(ref, IDS, MASK), atol=1e-4)
   state.pop("model.decoder.layers.0.fc1.bias")
   with pytest.raises(ValueError, match=r"<state dict>: checkpoint keys do not match .* missing 1"):
-    checkpoints.from_state_dict(hf_config, state)
+    hf_checkpoints.from_state_dict(hf_config, state)
 
 
 def test_integer_weights_are_refused(tiny_ckpt):

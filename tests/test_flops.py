@@ -8,13 +8,22 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from configs import opt_paper  # noqa: E402
 from trajax import flops  # noqa: E402
+from trajax.models import opt  # noqa: E402
 
 CFG = opt_paper.get_config()
 
 
+def _config(m):
+  return opt.OPTConfig.from_hf_config(opt_paper.hf_config(m))
+
+
 def _count(m):
-  return flops.opt_param_count(m.vocab_size, m.hidden_size, m.num_layers, m.ffn_dim,
-                               m.max_positions, m.word_embed_proj_dim, m.do_layer_norm_before)
+  return opt.param_count(_config(m))
+
+
+def _flops(m, steps, method="palm"):
+  return flops.training_flops_for_config(_config(m), steps, m.tokens_per_step, method=method,
+                                         seq_len=m.seq_len)[0]
 
 
 def test_opt_125m_param_count_by_hand():
@@ -27,7 +36,7 @@ def test_opt_125m_param_count_by_hand():
   assert per_layer == 7_087_872
   total = v * d + (2048 + 2) * d + 12 * per_layer + 2 * d  # + final decoder layer norm
   assert total == 125_239_296
-  parts = flops.opt_param_breakdown(v, d, 12, f, 2048)
+  parts = opt.param_breakdown(opt.OPTConfig(v, d, 12, f, 12, 2048, d))
   assert parts["total"] == total and parts["embed_positions"] == 1_574_400
   assert parts["project_in"] == parts["project_out"] == 0
 
@@ -42,7 +51,7 @@ def test_published_opt_param_counts():
   assert got == want
   assert round(got["125m"] / 1e6, 1) == 125.2 and round(got["175b"] / 1e9, 1) == 174.6
   # 350m: post-LN (no final layer norm), 512-wide embeddings with project_in/out.
-  parts = flops.opt_param_breakdown(50272, 1024, 24, 4096, 2048, 512, do_layer_norm_before=False)
+  parts = opt.param_breakdown(_config(CFG.models.opt_350m))
   assert parts["final_layer_norm"] == 0
   assert parts["project_in"] == parts["project_out"] == 512 * 1024
   assert parts["embed_tokens"] == 50272 * 512
@@ -71,15 +80,14 @@ def test_palm_flops_opt_125m_by_hand():
   # 6N = 741,989,376;  12·L·H·Q·T = 12·12·12·64·2048 = 226,492,416
   # per token 968,481,792;  × tokens = 50,776,338,176,409,600,000 ≈ 5.0776e19
   assert m.tokens_per_step == 256 * 2048 == 524_288
-  n = flops.opt_flops_params(m.vocab_size, m.hidden_size, m.num_layers, m.ffn_dim, m.max_positions)
+  n = opt.flops_params(_config(m))
   assert n == 123_664_896
   assert flops.palm_flops_per_token(n, 12, 12, 64, 2048) == 968_481_792
-  got = flops.opt_training_flops(m, 100_000)
+  got = _flops(m, 100_000)
   assert got == pytest.approx(50_776_338_176_409_600_000, rel=1e-15)
   # 6ND with the same N: 6 × 123,664,896 × 52,428,800,000
-  assert flops.opt_training_flops(m, 100_000,
-                                  method="6nd") == pytest.approx(6 * 123_664_896 * 52_428_800_000,
-                                                                 rel=1e-15)
+  assert _flops(m, 100_000, method="6nd") == pytest.approx(6 * 123_664_896 * 52_428_800_000,
+                                                           rel=1e-15)
 
 
 def test_palm_flops_opt_175b_by_hand():
@@ -89,24 +97,23 @@ def test_palm_flops_opt_175b_by_hand():
   # 12·L·H·Q·T = 12·96·96·128·2048 = 28,991,029,248;  per token 1,076,466,696,192
   # × tokens = 316,051,999,879,342,325,760,000 ≈ 3.1605e23
   assert m.tokens_per_step == 1024 * 2048
-  assert flops.opt_training_flops(m, 140_000) == pytest.approx(316_051_999_879_342_325_760_000,
-                                                               rel=1e-15)
+  assert _flops(m, 140_000) == pytest.approx(316_051_999_879_342_325_760_000, rel=1e-15)
 
 
 def test_flops_vectorised_over_steps():
   m = CFG.models.opt_1_3b
   steps = np.asarray(m.checkpoint_steps)
-  got = flops.opt_training_flops(m, steps)
+  got = _flops(m, steps)
   assert got.shape == steps.shape and got.dtype == np.float64
-  one = np.array([flops.opt_training_flops(m, s) for s in steps])
+  one = np.array([_flops(m, s) for s in steps])
   np.testing.assert_array_equal(got, one)
   np.testing.assert_array_equal(flops.tokens_seen(steps, m.tokens_per_step), steps * 1_048_576.0)
   assert np.all(np.diff(got) > 0)
   assert flops.training_flops_6nd([0, 10], 100, 3.0).tolist() == [0.0, 6 * 3 * 10 * 100]
   with pytest.raises(ValueError, match=">= 0"):
     flops.tokens_seen([-1], 10)
-  with pytest.raises(ValueError, match="'palm' or '6nd'"):
-    flops.opt_training_flops(m, steps, method="chinchilla")
+  with pytest.raises(ValueError, match="must be one of"):
+    _flops(m, steps, method="chinchilla")
 
 
 def test_table2_config():

@@ -14,7 +14,7 @@ from conftest import ROOT, write_manifest
 from flax import nnx
 
 import trajax
-from trajax import orbax_checkpoints, sharding, sweep, trajectory
+from trajax import convert, orbax_checkpoints, sharding, sweep, trajectory
 
 POST_LN = {"do_layer_norm_before": False, "word_embed_proj_dim": 8}  # the 350m-style variant
 IDS = np.random.RandomState(0).randint(3, 96, size=(2, 16))
@@ -99,7 +99,7 @@ def test_sweep_over_converted_checkpoints_equals_hf_sweep(tmp_path, tiny_ckpt):
   config, _ = _setup(tmp_path, tiny_ckpt)
   hf_manifest = config.trajectory
   hf = sweep.run(config, str(tmp_path / "hf"))
-  converted = orbax_checkpoints.convert_trajectory(hf_manifest, str(tmp_path / "orbax"))
+  converted = convert.convert_trajectory(hf_manifest, str(tmp_path / "orbax"))
   traj = trajectory.load(converted)
   assert all(
       orbax_checkpoints.is_orbax_checkpoint(c.path) for m in traj.models for c in m.checkpoints)
@@ -117,9 +117,9 @@ def test_sweep_over_converted_checkpoints_equals_hf_sweep(tmp_path, tiny_ckpt):
     np.testing.assert_array_equal(got.done_steps(m), hf.done_steps(m))
     np.testing.assert_array_equal(got.tokens_seen(m), hf.tokens_seen(m))
   # A rerun keeps what is converted; a destination holding something else is refused.
-  assert orbax_checkpoints.convert_trajectory(hf_manifest, str(tmp_path / "orbax")) == converted
+  assert convert.convert_trajectory(hf_manifest, str(tmp_path / "orbax")) == converted
   with pytest.raises(FileExistsError, match="is not the conversion of"):
-    orbax_checkpoints.convert_trajectory(hf_manifest, str(tmp_path / "orbax"), dtype="bfloat16")
+    convert.convert_trajectory(hf_manifest, str(tmp_path / "orbax"), dtype="bfloat16")
 
 
 def test_restore_without_marker_names_the_path(tmp_path, tiny_ckpt):

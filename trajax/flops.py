@@ -1,4 +1,4 @@
-"""Training compute along a trajectory, and OPT parameter counts.
+"""Training compute along a trajectory.
 
 Xia et al. (2023) plot against training FLOPs "following Chowdhery et al.
 (2022)", i.e. PaLM Appendix B: a dense decoder-only Transformer costs
@@ -14,77 +14,22 @@ forward pass (×3 with the backward pass), so N should hold the weights that
 take part in a matmul. For OPT that is every parameter except the learned
 position table (a lookup, no matmul); the token embedding stays in N because
 it is tied to the LM head, whose matmul costs 2·V·d per token. Biases and
-layer norms are kept (they are < 0.1% and PaLM does not carve them out). This is
-`opt_flops_params` = `opt_param_count` − (max_positions + 2)·hidden; the
-difference from the full count is 1.3% at 125m and < 0.02% at 175b. Callers
-may pass any N they prefer: every FLOPs function takes N explicitly.
+layer norms are kept (they are < 0.1% and PaLM does not carve them out). Each
+family counts its own parameters in its model file (`param_count`, and
+`flops_params` = the N above; for OPT the difference is 1.3% at 125m and
+< 0.02% at 175b). Callers may pass any N they prefer: every FLOPs function
+takes N explicitly.
 
 Tokens seen at a step = step × tokens_per_step. All FLOPs functions are
 vectorised over `steps` and return float64 arrays (FLOPs exceed 2**63 at 175b).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-# HF OPTLearnedPositionalEmbedding keeps 2 extra rows (fairseq padding offset).
-OPT_POSITION_OFFSET = 2
-
-
-def opt_param_breakdown(vocab_size: int, hidden_size: int, num_layers: int, ffn_dim: int,
-                        max_positions: int, word_embed_proj_dim: int | None = None,
-                        do_layer_norm_before: bool = True) -> dict[str, int]:
-  """Parameters of HF `OPTForCausalLM`, per module group (tied LM head counted once).
-
-    Layout (transformers OPTDecoder): embed_tokens [vocab, proj]; embed_positions
-    [max_positions + 2, hidden]; project_in [proj → hidden] and project_out
-    [hidden → proj], both bias-free, only when proj != hidden; per layer
-    q/k/v/out_proj [hidden, hidden] + bias, self_attn_layer_norm and
-    final_layer_norm (weight + bias), fc1 [hidden, ffn] + bias, fc2 [ffn, hidden]
-    + bias; a final decoder layer norm only for pre-LN models
-    (`do_layer_norm_before=True`; the 350m model is post-LN and has none).
-
-    Args:
-      vocab_size, hidden_size, num_layers, ffn_dim, max_positions: OPTConfig's
-        vocab_size, hidden_size, num_hidden_layers, ffn_dim,
-        max_position_embeddings.
-      word_embed_proj_dim: embedding width (None → hidden_size).
-      do_layer_norm_before: pre-LN (True) or post-LN (False).
-
-    Returns:
-      {"embed_tokens", "embed_positions", "project_in", "project_out",
-       "layers", "final_layer_norm", "total"} → int.
-    """
-  d, proj = int(hidden_size), int(word_embed_proj_dim or hidden_size)
-  attn = 4 * (d * d + d)
-  norms = 2 * (2 * d)
-  mlp = (d * ffn_dim + ffn_dim) + (ffn_dim * d + d)
-  parts = {
-      "embed_tokens": vocab_size * proj,
-      "embed_positions": (max_positions + OPT_POSITION_OFFSET) * d,
-      "project_in": proj * d if proj != d else 0,
-      "project_out": d * proj if proj != d else 0,
-      "layers": num_layers * (attn + norms + mlp),
-      "final_layer_norm": 2 * d if do_layer_norm_before else 0,
-  }
-  parts["total"] = sum(parts.values())
-  return {k: int(v) for k, v in parts.items()}
-
-
-def opt_param_count(vocab_size: int, hidden_size: int, num_layers: int, ffn_dim: int,
-                    max_positions: int, word_embed_proj_dim: int | None = None,
-                    do_layer_norm_before: bool = True) -> int:
-  """Total parameters of HF `OPTForCausalLM` (see `opt_param_breakdown`)."""
-  return opt_param_breakdown(vocab_size, hidden_size, num_layers, ffn_dim, max_positions,
-                             word_embed_proj_dim, do_layer_norm_before)["total"]
-
-
-def opt_flops_params(vocab_size: int, hidden_size: int, num_layers: int, ffn_dim: int,
-                     max_positions: int, word_embed_proj_dim: int | None = None,
-                     do_layer_norm_before: bool = True) -> int:
-  """N for the FLOPs formulas: all parameters except the position table (see module doc)."""
-  parts = opt_param_breakdown(vocab_size, hidden_size, num_layers, ffn_dim, max_positions,
-                              word_embed_proj_dim, do_layer_norm_before)
-  return parts["total"] - parts["embed_positions"]
+from trajax import models
 
 
 def palm_flops_per_token(n_params: float, num_layers: int, num_heads: int, head_dim: int,
@@ -132,29 +77,6 @@ def training_flops_6nd(steps, tokens_per_step: int, n_params: float) -> np.ndarr
   return 6.0 * float(n_params) * tokens_seen(steps, tokens_per_step)
 
 
-def opt_training_flops(model, steps, method: str = "palm") -> np.ndarray:
-  """Training FLOPs of one OPT model described by a `configs/opt_paper.py` entry.
-
-    Args:
-      model: a config entry with vocab_size, hidden_size, num_layers, num_heads,
-        ffn_dim, max_positions, word_embed_proj_dim, do_layer_norm_before,
-        seq_len and tokens_per_step (attribute access, e.g. a ConfigDict).
-      steps: [step] optimizer steps.
-      method: "palm" (6N + 12LHQT, the paper's choice) or "6nd".
-
-    Returns:
-      float64 array shaped like `steps`.
-    """
-  n = opt_flops_params(model.vocab_size, model.hidden_size, model.num_layers, model.ffn_dim,
-                       model.max_positions, model.word_embed_proj_dim, model.do_layer_norm_before)
-  if method == "palm":
-    return training_flops_palm(steps, model.tokens_per_step, n, model.num_layers, model.num_heads,
-                               model.hidden_size // model.num_heads, model.seq_len)
-  if method == "6nd":
-    return training_flops_6nd(steps, model.tokens_per_step, n)
-  raise ValueError(f"method must be 'palm' or '6nd', got {method!r}")
-
-
 FLOPS_METHODS = ("palm", "6nd")
 
 
@@ -191,3 +113,31 @@ def training_flops_for_config(cfg, steps, tokens_per_step: int, n_params: int | 
   return training_flops_palm(steps, tokens_per_step, n, cfg.num_hidden_layers,
                              cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads,
                              seq_len or cfg.max_position_embeddings), n
+
+
+def trajectory_compute(model, cfg, seq_len: int = 0) -> dict:
+  """Sizes and training FLOPs of a manifest model, as the result store records them.
+
+  Args:
+    model: a `trajax.trajectory.Model` (name, steps, tokens_per_step, params).
+    cfg: its family config (from any of its checkpoints: they share one architecture).
+    seq_len: T of the PaLM formula; 0 = the config's max_position_embeddings.
+
+  Returns:
+    {"architecture": {"family", "config"}, "param_count": all parameters (the
+    manifest's `params` when set), "flops_params": N of the FLOPs formulas (the
+    manifest's `params` when set), "seq_len": T, "flops": {method: [step] FLOPs}}.
+  """
+  fam = models.family(cfg.family)
+  n = int(model.params or fam.flops_params(cfg))
+  t = int(seq_len or cfg.max_position_embeddings)
+  return {
+      "architecture": {"family": cfg.family, "config": dataclasses.asdict(cfg)},
+      "param_count": int(model.params or fam.param_count(cfg)),
+      "flops_params": n,
+      "seq_len": t,
+      "flops": {
+          method: training_flops_for_config(cfg, model.steps, model.tokens_per_step, n, method, t)
+                  [0].tolist() for method in FLOPS_METHODS
+      },
+  }

@@ -3,7 +3,7 @@
 A converted directory holds:
   * `state/` -- the model's nnx state as a pure dict, saved by orbax (tensorstore);
   * `config.json` -- copied from the source, so the family and config are rebuilt
-    exactly as `trajax.checkpoints.model_config` does for the HF directory
+    exactly as `trajax.hf_checkpoints.model_config` does for the HF directory
     (tokenizer files are copied too when present, so the directory also serves as
     a sweep's tokenizer);
   * `trajax_orbax.json` -- the marker, written last: format version, stored
@@ -19,12 +19,10 @@ Weights are checked finite once, at conversion (by `load_hf`), not at restore.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
 import shutil
-import time
 import uuid
 
 import jax
@@ -34,7 +32,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
-from trajax import atomic, checkpoints, faults, trajectory, workdir
+from trajax import atomic, faults, hf_checkpoints
 
 FORMAT_VERSION = 1
 MARKER = "trajax_orbax.json"
@@ -70,8 +68,8 @@ def read_marker(path: str | os.PathLike) -> dict:
 
 def _stored_dtype(hf_dir: str):
   """The dtype the HF weights are stored in, if they share one trajax can keep; else float32."""
-  fam, _ = checkpoints.model_config(hf_dir)
-  weights = checkpoints.HFWeights(hf_dir, fam.normalize_hf_key)
+  fam, _ = hf_checkpoints.model_config(hf_dir)
+  weights = hf_checkpoints.HFWeights(hf_dir, fam.normalize_hf_key)
   names = {d.name for d in map(weights.dtype, weights.keys())}
   if len(names) == 1 and names <= set(STORED_DTYPES):
     return jnp.dtype(names.pop())
@@ -79,7 +77,7 @@ def _stored_dtype(hf_dir: str):
 
 
 def convert(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype=None,
-            overwrite: bool = False, sharding_fn: checkpoints.ShardingFn | None = None,
+            overwrite: bool = False, sharding_fn: hf_checkpoints.ShardingFn | None = None,
             compress: bool = False) -> dict:
   """Converts a Hugging Face checkpoint directory into an orbax checkpoint at `out_dir`.
 
@@ -87,7 +85,7 @@ def convert(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype=None,
   into place last: a conversion killed midway leaves no `out_dir`.
 
   Args:
-    hf_dir: HF checkpoint directory (anything `trajax.checkpoints.load_hf` reads).
+    hf_dir: HF checkpoint directory (anything `trajax.hf_checkpoints.load_hf` reads).
     out_dir: directory to create.
     dtype: stored parameter dtype (float16, bfloat16 or float32); None keeps the
       dtype of the HF weights when they all share one of those, else float32.
@@ -119,10 +117,10 @@ def convert(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype=None,
   if dtype.name not in STORED_DTYPES:
     raise ValueError(f"dtype {dtype.name!r}: expected one of {STORED_DTYPES}")
 
-  model = checkpoints.load_hf(hf_dir, dtype=dtype, sharding_fn=sharding_fn)
+  model = hf_checkpoints.load_hf(hf_dir, dtype=dtype, sharding_fn=sharding_fn)
   state = nnx.to_pure_dict(nnx.state(model))
   del model
-  cfg = checkpoints.read_config(hf_dir)
+  cfg = hf_checkpoints.read_config(hf_dir)
   marker = {
       "format_version": FORMAT_VERSION, "model_type": cfg["model_type"], "dtype": dtype.name,
       "compressed": compress, "source": os.path.abspath(hf_dir),
@@ -208,7 +206,7 @@ def _flat_dotted(tree, prefix: str = "") -> dict:
 
 
 def restore(path: str | os.PathLike, dtype=jnp.float32,
-            sharding_fn: checkpoints.ShardingFn | None = None):
+            sharding_fn: hf_checkpoints.ShardingFn | None = None):
   """Restores a converted checkpoint as a trajax model, straight into target shardings.
 
   Args:
@@ -217,11 +215,11 @@ def restore(path: str | os.PathLike, dtype=jnp.float32,
     sharding_fn: optional (logical_axes, shape) -> Sharding (see
       `trajax.sharding.param_sharding_fn`); each device then reads only its slice.
   Returns:
-    The family's model (e.g. `OPTForCausalLM`), as `trajax.checkpoints.load_hf` returns.
+    The family's model (e.g. `OPTForCausalLM`), as `trajax.hf_checkpoints.load_hf` returns.
   """
   path = os.fspath(path)
   read_marker(path)
-  fam, cfg = checkpoints.model_config(path)
+  fam, cfg = hf_checkpoints.model_config(path)
   abstract = nnx.eval_shape(lambda: fam.create(cfg, dtype=dtype, seed=None))
   graphdef, abstract_state = nnx.split(abstract)
   state_dir = os.path.join(os.path.abspath(path), STATE_DIR)
@@ -275,83 +273,3 @@ def _set(tree: dict, dotted: str, value) -> None:
   for name in parents:
     node = node.setdefault(name, {})
   node[leaf] = value
-
-
-def dir_bytes(path: str | os.PathLike) -> int:
-  """Total size of the regular files under `path`."""
-  total = 0
-  for root, _, files in os.walk(path):
-    for name in files:
-      fpath = os.path.join(root, name)
-      if not os.path.islink(fpath):
-        total += os.path.getsize(fpath)
-  return total
-
-
-def convert_trajectory(manifest: str, out_root: str, dtype=None, overwrite: bool = False,
-                       allow_outside_root: bool = False, sharding_fn=None,
-                       compress: bool = False) -> str:
-  """Converts every checkpoint of a manifest; writes a manifest listing the converted dirs.
-
-  Checkpoint `step` of model `name` goes to `out_root/name/step{step}`. A
-  destination that already holds the conversion of the same source (and dtype,
-  when given) is kept, so an interrupted run resumes where it stopped.
-
-  Args:
-    manifest: trajectory manifest (see `trajax.trajectory`) of HF checkpoints.
-    out_root: output directory; receives the converted checkpoints and the manifest.
-    dtype: as for `convert`.
-    overwrite: reconvert destinations that already exist.
-    allow_outside_root: as for `trajectory.load`.
-    sharding_fn, compress: as for `convert`.
-  Returns:
-    The path of the new manifest, `out_root/trajectory.json`.
-  """
-  traj = trajectory.load(manifest, allow_outside_root=allow_outside_root)
-  with workdir.claim(out_root):  # one conversion per out_root; sweeps a killed one's residue
-    return _convert_trajectory(traj, out_root, dtype, overwrite, sharding_fn, compress)
-
-
-def _convert_trajectory(traj, out_root, dtype, overwrite, sharding_fn, compress) -> str:
-  left = sum(len(m.checkpoints) for m in traj.models)
-  t_start, written, done = time.perf_counter(), 0, 0
-  models = []
-  for m in traj.models:
-    ckpts = []
-    for c in m.checkpoints:
-      dst = os.path.join(os.path.abspath(out_root), m.name, f"step{c.step}")
-      ckpts.append(trajectory.Checkpoint(c.step, dst))
-      left -= 1
-      if not overwrite and _already_converted(dst, c.path, dtype):
-        logging.info("%s step %d: %s already converted, kept", m.name, c.step, dst)
-        continue
-      t0 = time.perf_counter()
-      convert(c.path, dst, dtype=dtype, overwrite=overwrite, sharding_fn=sharding_fn,
-              compress=compress)
-      done += 1
-      size = dir_bytes(dst)
-      written += size
-      elapsed = time.perf_counter() - t_start
-      logging.info("%s step %d -> %s: %.1f MB in %.1fs | %.1f MB/s overall | %d left, ETA %.0fs",
-                   m.name, c.step, dst, size / 1e6,
-                   time.perf_counter() - t0, written / 1e6 / elapsed, left, elapsed / done * left)
-    models.append(dataclasses.replace(m, checkpoints=tuple(ckpts)))
-  out_manifest = os.path.join(out_root, "trajectory.json")
-  trajectory.Trajectory(tuple(models), traj.name, out_manifest).save(out_manifest)
-  logging.info("wrote %s (%d checkpoints converted, %.1f MB, %.1fs)", out_manifest, done,
-               written / 1e6,
-               time.perf_counter() - t_start)
-  return out_manifest
-
-
-def _already_converted(dst: str, source: str, dtype) -> bool:
-  """Whether `dst` holds `source` converted (at `dtype`, if given); other contents are errors."""
-  if not os.path.lexists(dst):
-    return False
-  marker = read_marker(dst) if is_orbax_checkpoint(dst) else None
-  if (marker is None or marker.get("source") != os.path.abspath(source) or
-      (dtype is not None and marker.get("dtype") != jnp.dtype(dtype).name)):
-    raise FileExistsError(f"{dst}: exists and is not the conversion of {source}"
-                          f"{f' at {jnp.dtype(dtype).name}' if dtype is not None else ''}; pass "
-                          f"overwrite=True (--overwrite) to replace a trajax orbax checkpoint")
-  return True

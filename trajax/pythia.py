@@ -27,7 +27,7 @@ import re
 
 from absl import logging
 
-from trajax import atomic, checkpoints
+from trajax import atomic, checkpoints, hf_checkpoints
 from trajax import trajectory
 from trajax.models import gpt_neox
 
@@ -65,13 +65,13 @@ def repo_dir(cache_dir: str, model_name: str) -> str:
 
 
 def weight_files(path: str) -> list[str]:
-  """The weight files `trajax.checkpoints` would read from `path`, same precedence."""
-  for index in (checkpoints.SAFETENSORS_INDEX, checkpoints.TORCH_BIN_INDEX):
+  """The weight files `trajax.hf_checkpoints` would read from `path`, same precedence."""
+  for index in (hf_checkpoints.SAFETENSORS_INDEX, hf_checkpoints.TORCH_BIN_INDEX):
     index_path = os.path.join(path, index)
     if os.path.isfile(index_path):
       with open(index_path) as f:
         return sorted(set(json.load(f)["weight_map"].values()))
-  for single in (checkpoints.SAFETENSORS, checkpoints.TORCH_BIN):
+  for single in (hf_checkpoints.SAFETENSORS, hf_checkpoints.TORCH_BIN):
     if os.path.isfile(os.path.join(path, single)):
       return [single]
   return []

@@ -66,7 +66,7 @@ def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int],
 
 
 def param_sharding_fn(mesh: jax.sharding.Mesh, rules=LOGICAL_RULES):
-  """(logical_axes, shape) -> NamedSharding, for `trajax.checkpoints.load_hf`."""
+  """(logical_axes, shape) -> NamedSharding, for `trajax.checkpoints.load`."""
   def fn(logical_axes, shape):
     return NamedSharding(mesh, logical_to_spec(logical_axes, shape, mesh, rules))
 

@@ -53,7 +53,6 @@ class Trajectory:
 
   def problems(self) -> list[str]:
     """Checkpoints that are missing or unreadable at a glance (no weights are read)."""
-    from trajax import orbax_checkpoints  # pylint: disable=g-import-not-at-top (imports us)
     out = []
     for m in self.models:
       for c in m.checkpoints:
@@ -61,11 +60,7 @@ class Trajectory:
           out.append(f"{m.name} step {c.step}: {c.path} does not exist")
           continue
         try:
-          checkpoints.read_config(c.path)
-          if orbax_checkpoints.is_orbax_checkpoint(c.path):
-            orbax_checkpoints.read_marker(c.path)
-          else:
-            checkpoints.HFWeights(c.path)
+          checkpoints.check(c.path)
         except (OSError, ValueError) as e:
           out.append(f"{m.name} step {c.step}: {e}")
     return out

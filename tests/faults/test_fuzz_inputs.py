@@ -21,7 +21,7 @@ from conftest import OPT_TOKENIZER
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from trajax import checkpoints, data, safetensors_io, store
+from trajax import checkpoints, data, hf_checkpoints, safetensors_io, store
 from trajax.analysis import generation
 
 SEEN, REFUSED = {}, {}  # cases tried and, of those, refused with a clear error
@@ -446,7 +446,8 @@ def index_docs(draw, outside):
           st.fixed_dictionaries({"weight_map": json_values}), json_values))
 
 
-@pytest.mark.parametrize("index_name", [checkpoints.SAFETENSORS_INDEX, checkpoints.TORCH_BIN_INDEX])
+@pytest.mark.parametrize("index_name",
+                         [hf_checkpoints.SAFETENSORS_INDEX, hf_checkpoints.TORCH_BIN_INDEX])
 @settings(max_examples=120, **FUZZ)
 @given(data_=st.data())
 def test_fuzzed_shard_index(shard_dir, index_name, data_):
@@ -457,7 +458,7 @@ def test_fuzzed_shard_index(shard_dir, index_name, data_):
   index = shard_dir / index_name
   try:
     index.write_text(json.dumps(doc))
-    weights = checkpoints.HFWeights(shard_dir)
+    weights = hf_checkpoints.HFWeights(shard_dir)
   except (ValueError, FileNotFoundError) as e:
     _refused("shard indexes")
     assert str(index) in str(e), str(e)
@@ -476,25 +477,25 @@ def test_fuzzed_shard_index(shard_dir, index_name, data_):
     "name", ["../outside.safetensors", "OUTSIDE", "sub/s1.safetensors", "..", "s1.safetensors/."])
 def test_shard_outside_the_checkpoint_is_refused(shard_dir, name):
   name = name.replace("OUTSIDE", str(shard_dir.parent / "outside.safetensors"))
-  index = shard_dir / checkpoints.SAFETENSORS_INDEX
+  index = shard_dir / hf_checkpoints.SAFETENSORS_INDEX
   index.write_text(json.dumps({"weight_map": {"a": name}}))
   try:
     with pytest.raises(
         ValueError, match=rf"{index}: shard name '{re.escape(name)}' for 'a' must "
         rf"be a file name in the checkpoint directory"):
-      checkpoints.HFWeights(shard_dir)
+      hf_checkpoints.HFWeights(shard_dir)
   finally:
     index.unlink()
 
 
 def test_symlinked_shard_is_read(shard_dir):
   """Every file of a Hugging Face cache snapshot is a symlink (to ../../blobs/...)."""
-  index = shard_dir / checkpoints.SAFETENSORS_INDEX
+  index = shard_dir / hf_checkpoints.SAFETENSORS_INDEX
   index.write_text(
       json.dumps(
           {"weight_map": {"a": "s1.safetensors", "b": "s1.safetensors", "c": "link.safetensors"}}))
   try:
-    weights = checkpoints.HFWeights(shard_dir)
+    weights = hf_checkpoints.HFWeights(shard_dir)
   finally:
     index.unlink()
   assert weights.source("c") == str(shard_dir / "link.safetensors")
@@ -506,11 +507,11 @@ def test_symlinked_shard_is_read(shard_dir):
     b'{"weight_map": {}}'
 ])
 def test_hostile_index_bytes(shard_dir, raw):
-  index = shard_dir / checkpoints.SAFETENSORS_INDEX
+  index = shard_dir / hf_checkpoints.SAFETENSORS_INDEX
   index.write_bytes(raw)
   try:
     with pytest.raises(ValueError, match=str(index)):
-      checkpoints.HFWeights(shard_dir)
+      hf_checkpoints.HFWeights(shard_dir)
   finally:
     index.unlink()
 

@@ -366,15 +366,44 @@ def ignored_hf_keys(cfg: OPTConfig) -> set[str]:
 Config = OPTConfig
 
 
+def param_breakdown(cfg: OPTConfig) -> dict[str, int]:
+  """Parameters of HF `OPTForCausalLM` per module group, the tied head counted once.
+
+  HF's layout: embed_tokens [vocab, proj]; embed_positions [max_positions + 2,
+  hidden]; bias-free project_in/project_out only when proj != hidden (350m); per
+  layer q/k/v/out_proj [hidden, hidden] (+ bias), two layer norms, fc1/fc2 (+
+  bias); a final layer norm for pre-LN models; an untied head [vocab, proj].
+
+  Returns:
+    {"embed_tokens", "embed_positions", "project_in", "project_out", "layers",
+     "final_layer_norm", "lm_head", "total"} -> int.
+  """
+  d, proj, f = cfg.hidden_size, cfg.word_embed_proj_dim, cfg.ffn_dim
+  bias = 1 if cfg.enable_bias else 0
+  norm = 2 * d if cfg.layer_norm_elementwise_affine else 0
+  per_layer = 4 * (d * d + bias * d) + 2 * norm + (d * f + bias * f) + (f * d + bias * d)
+  parts = {
+      "embed_tokens": cfg.vocab_size * proj,
+      "embed_positions": (cfg.max_position_embeddings + POSITION_OFFSET) * d,
+      "project_in": proj * d if cfg.has_projections else 0,
+      "project_out": d * proj if cfg.has_projections else 0,
+      "layers": cfg.num_hidden_layers * per_layer,
+      "final_layer_norm": norm if cfg.has_final_layer_norm else 0,
+      "lm_head": 0 if cfg.tie_word_embeddings else cfg.vocab_size * proj,
+  }
+  parts["total"] = sum(parts.values())
+  return parts
+
+
 def param_count(cfg: OPTConfig) -> int:
   """All parameters (the tied head counted once), as HF's numel sum."""
-  from trajax import flops  # pylint: disable=g-import-not-at-top
-  n = flops.opt_param_count(cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers, cfg.ffn_dim,
-                            cfg.max_position_embeddings, cfg.word_embed_proj_dim,
-                            cfg.do_layer_norm_before)
-  return n + (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.word_embed_proj_dim)
+  return param_breakdown(cfg)["total"]
 
 
 def flops_params(cfg: OPTConfig) -> int:
-  """N of the FLOPs formulas: every matmul weight (all but the position table)."""
-  return param_count(cfg) - (cfg.max_position_embeddings + POSITION_OFFSET) * cfg.hidden_size
+  """N of the FLOPs formulas: every matmul weight, i.e. all but the position table.
+
+  The token embedding stays in N because it is (tied to) the LM head, whose
+  matmul costs 2·V·d per token; biases and norms are < 0.1% and kept, as PaLM does.
+  """
+  return param_count(cfg) - param_breakdown(cfg)["embed_positions"]
