@@ -23,6 +23,9 @@ def get_config():
   config.prefetch = True
   # "raise" stops at a bad checkpoint; "continue" marks it failed and goes on.
   config.on_error = "raise"
+  # T of the PaLM FLOPs formula recorded in the store (the models' training sequence
+  # length); 0 = each model's max_position_embeddings.
+  config.seq_len = 0
 
   config.data = ml_collections.ConfigDict()
   # Comma-separated glob(s) of .txt (one document per file) or .jsonl files.

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import trajax
-from trajax import store, sweep, trajectory
+from trajax import store, stream, sweep, trajectory
 from conftest import OPT_TOKENIZER, ROOT, torch_logprobs, write_manifest
 
 SMALL = dict(vocab_size=50272, hidden_size=16, num_hidden_layers=2, ffn_dim=32,
@@ -210,17 +210,17 @@ def test_sequential_and_prefetching_sweeps_write_the_same_store_and_report_timin
     tmp_path, tiny_ckpt, monkeypatch):
   config, _ = _setup(tmp_path, tiny_ckpt)
   events = []
-  real_load, real_write = sweep._load, store.ModelRows.write
+  real_start_read, real_write = stream.CheckpointStream._start_read, store.ModelRows.write
 
-  def load(path, *args):
+  def start_read(self, pool, key, path):  # in the sweep's thread: the order is deterministic
     events.append(("read", os.path.basename(path)))
-    return real_load(path, *args)
+    return real_start_read(self, pool, key, path)
 
   def write(self, index, row):
     real_write(self, index, row)
     events.append(("written", f"step{self.steps[index]}"))
 
-  monkeypatch.setattr(sweep, "_load", load)
+  monkeypatch.setattr(stream.CheckpointStream, "_start_read", start_read)
   monkeypatch.setattr(store.ModelRows, "write", write)
   runs = {}
   for prefetch in (False, True):

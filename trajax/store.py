@@ -3,7 +3,11 @@
 Layout under `{workdir}/store/` (tensorstore, zarr):
   dataset.json               hashes of the token blocks and tokenizer, block shape
   tokens.npz                 the token blocks themselves (tokens, mask)
-  {model}/meta.json          steps, tokens_per_step, params, checkpoint paths
+  tokenizer/                 the tokenizer they were made with (save_pretrained)
+  {model}/meta.json          steps, tokens_per_step, params, checkpoint paths, and
+                             what analyses need without opening a checkpoint:
+                             architecture (family + config), param_count,
+                             flops_params (N), seq_len (T), flops per step by method
   {model}/logprobs           float32 [checkpoint, rows * block_len], NaN fill
   {model}/done               int8 [checkpoint]: 0 pending, 1 done, 2 failed
 
@@ -18,6 +22,8 @@ import builtins
 import dataclasses
 import json
 import os
+import shutil
+import uuid
 
 import numpy as np
 import tensorstore as ts
@@ -52,7 +58,18 @@ META_FIELDS = {
     "tokens_per_step": (lambda v: _int(v, 1), "an integer >= 1", True),
     "params": (lambda v: v is None or _int(v, 1), "a positive integer or null", False),
     "paths": (_strs, "a list of checkpoint paths", False),
+    "architecture":
+        (lambda v: isinstance(v, dict) and isinstance(v.get("family"), str) and isinstance(
+            v.get("config"), dict), "an object with 'family' and 'config'", False),
+    "param_count": (lambda v: _int(v, 1), "a positive integer", False),
+    "flops_params": (lambda v: _int(v, 1), "a positive integer", False),
+    "seq_len": (lambda v: _int(v, 1), "a positive integer", False),
+    "flops": (lambda v: isinstance(v, dict) and all(
+        isinstance(x, list) and all(isinstance(f, (int, float)) for f in x) for x in v.values()),
+              "an object {method: [FLOPs per checkpoint]}", False),
 }
+# Fields of meta.json derived from the manifest and config.json: refreshed on reopen.
+DERIVED_FIELDS = ("params", "paths", "param_count", "flops_params", "seq_len", "flops")
 
 
 def _read_json(path: str, fields: dict | None = None) -> dict:
@@ -79,6 +96,9 @@ def _check_model(meta_path: str, meta: dict, done: ts.TensorStore) -> None:
   n = len(meta["steps"])
   if "paths" in meta and len(meta["paths"]) != n:
     raise ValueError(f"{meta_path}: {len(meta['paths'])} paths for {n} steps")
+  for method, flops_c in meta.get("flops", {}).items():
+    if len(flops_c) != n:
+      raise ValueError(f"{meta_path}: {len(flops_c)} {method} FLOPs for {n} steps")
   if tuple(done.shape) != (n,):
     raise ValueError(f"{meta_path}: {n} steps, but the model's done array has shape "
                      f"{list(done.shape)}; the store is damaged: use a new workdir")
@@ -160,6 +180,26 @@ class Store:
       atomic.write_json(meta_path, dataset)
     return cls(root, dataset)
 
+  def save_tokenizer(self, tokenizer) -> str:
+    """Keeps the tokenizer the blocks were made with, once, so analyses can decode tokens
+    without opening a checkpoint; written under a temporary name and renamed into place."""
+    dst = os.path.join(self.root, "tokenizer")
+    if os.path.isdir(dst):
+      return dst
+    tmp = atomic.temporary_name(dst, uuid.uuid4().hex[:12])
+    try:
+      tokenizer.save_pretrained(tmp)
+      faults.point(f"store.tokenizer:{dst}")  # complete under its temporary name
+      os.replace(tmp, dst)
+    except OSError as e:
+      if atomic.is_no_space(e):
+        raise atomic.no_space_error(dst, e) from e
+      raise
+    finally:
+      if os.path.isdir(tmp):
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst
+
   def model(self, name: str, meta: dict) -> ModelRows:
     """Opens or creates a model's arrays; `meta['steps']` must match on reopen."""
     mdir = os.path.join(self.root, name)
@@ -171,6 +211,15 @@ class Store:
       if old["steps"] != list(meta["steps"]):
         raise ValueError(f"{meta_path}: model {name!r} was stored with steps {old['steps']}, "
                          f"this trajectory has {list(meta['steps'])}; use a new workdir")
+      if old.get("architecture",
+                 meta.get("architecture")) != meta.get("architecture", old.get("architecture")):
+        raise ValueError(f"{meta_path}: model {name!r} was stored with architecture "
+                         f"{old['architecture']}, this trajectory's checkpoints have "
+                         f"{meta['architecture']}; use a new workdir")
+      refreshed = dict(old, **{k: meta[k] for k in (*DERIVED_FIELDS, "architecture") if k in meta})
+      if refreshed != old:  # e.g. a store written before trajax recorded sizes and FLOPs
+        atomic.write_json(meta_path, refreshed)
+        old = refreshed
       rows = ModelRows(name, old, _zarr(os.path.join(mdir, "logprobs"), "", 0, 0, 0, False),
                        _zarr(os.path.join(mdir, "done"), "", 0, 0, 0, False))
       _check_model(meta_path, old, rows.done)
@@ -224,8 +273,12 @@ class StoreReader:
 
   @property
   def models(self) -> list[str]:
-    """Model names, smallest first (by params when known)."""
-    return sorted(self._meta, key=lambda n: (self._meta[n].get("params") or 0, n))
+    """Model names, smallest first (by parameter count when recorded, then by name)."""
+    return sorted(self._meta, key=lambda n: (self._size(n), n))
+
+  def _size(self, model: str) -> int:
+    meta = self._meta[model]
+    return int(meta.get("param_count") or meta.get("params") or 0)
 
   def meta(self, model: str) -> dict:
     if model not in self._meta:
@@ -253,8 +306,43 @@ class StoreReader:
     lp = _zarr(os.path.join(self.root, model, "logprobs"), "", 0, 0, 0, False).read().result()
     return lp[done] if done_only else lp
 
+  @property
+  def tokenizer_dir(self) -> str | None:
+    """The directory of the tokenizer the store was scored with (None in older stores)."""
+    path = os.path.join(self.root, "tokenizer")
+    return path if os.path.isdir(path) else None
+
   def done_steps(self, model: str) -> np.ndarray:
     return self.steps(model)[self.status(model) == DONE]
+
+  def _recorded(self, model: str, field: str):
+    meta = self.meta(model)
+    if field not in meta:
+      raise ValueError(f"{os.path.join(self.root, model, 'meta.json')}: no {field!r} recorded "
+                       f"(a store written by an older trajax, or no readable config.json); "
+                       f"rerun launch/score.py on this workdir: done rows are kept and the "
+                       f"metadata is completed")
+    return meta[field]
+
+  def architecture(self, model: str) -> dict:
+    """{"family": model_type, "config": the family config's fields} of `model`."""
+    return self._recorded(model, "architecture")
+
+  def param_count(self, model: str) -> int:
+    """All parameters of `model` (the manifest's `params` when it set them)."""
+    return int(self._recorded(model, "param_count"))
+
+  def flops_params(self, model: str) -> int:
+    """N of the FLOPs formulas (see `trajax.flops`)."""
+    return int(self._recorded(model, "flops_params"))
+
+  def flops(self, model: str, method: str = "palm", done_only: bool = True) -> np.ndarray:
+    """[checkpoint] float64 cumulative training FLOPs ("palm" or "6nd"; see `trajax.flops`)."""
+    by_method = self._recorded(model, "flops")
+    if method not in by_method:
+      raise ValueError(f"flops method {method!r}: the store records {sorted(by_method)}")
+    flops_c = np.asarray(by_method[method], np.float64)
+    return flops_c[self.status(model) == DONE] if done_only else flops_c
 
   def valid_ppl(self, model: str) -> np.ndarray:
     """exp(mean NLL over all scored tokens), per done checkpoint."""

@@ -6,21 +6,16 @@ approaches max(read, compute) rather than their sum; the log reports both.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import time
 
 import jax
-import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import numpy as np
 from absl import logging
 
-from trajax import checkpoints, data, orbax_checkpoints, sharding, store, trajectory
+from trajax import checkpoints, data, flops, store, stream, trajectory
 from trajax import workdir as workdir_lib
-from trajax.scoring import Scorer
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def prepare_blocks(config, tokenizer) -> data.Blocks:
@@ -56,16 +51,6 @@ class SweepTiming:
   def wall_over_bound(self) -> float:
     """wall / max(read, compute): 1.0 is perfect overlap."""
     return self.wall_s / max(self.read_s, self.compute_s, 1e-9)
-
-
-def _load(path: str, dtype, sharding_fn):
-  """A checkpoint (HF directory, or one converted by `trajax.orbax_checkpoints`), read seconds."""
-  t0 = time.perf_counter()
-  if orbax_checkpoints.is_orbax_checkpoint(path):
-    model = orbax_checkpoints.restore(path, dtype=dtype, sharding_fn=sharding_fn)
-  else:
-    model = checkpoints.load_hf(path, dtype=dtype, sharding_fn=sharding_fn)
-  return model, time.perf_counter() - t0
 
 
 def _sync(name: str) -> None:
@@ -144,70 +129,77 @@ def _run_locked(config, workdir, traj, tokenizer, blocks, timings) -> store.Stor
   }
   st = _writer_first("store created",
                      lambda: store.Store.create(workdir, dataset, blocks.tokens, blocks.mask))
-  mesh = sharding.make_mesh(config.mesh_shape) if config.mesh_shape else None
-  if mesh is not None:
+  if _is_writer():
+    st.save_tokenizer(tokenizer)
+  checkpoint_stream = stream.CheckpointStream(config.dtype, config.mesh_shape,
+                                              config.get("prefetch", True),
+                                              config.head_chunk_tokens)
+  if checkpoint_stream.mesh is not None:
+    mesh = checkpoint_stream.mesh
     logging.info("mesh %s over %d devices in %d process(es)", dict(mesh.shape), mesh.size,
                  jax.process_count())
-  ctx = _Context(config, blocks, DTYPES[config.dtype], mesh,
-                 sharding.param_sharding_fn(mesh) if mesh is not None else None)
   failed = []
-  with concurrent.futures.ThreadPoolExecutor(1) as pool:
-    for m in traj.models:
-      meta = {
-          "steps": m.steps, "tokens_per_step": m.tokens_per_step, "params": m.params,
-          "paths": [c.path for c in m.checkpoints]
-      }
-      rows = _writer_first(f"model {m.name} opened", lambda: st.model(m.name, meta))
-      pending = [i for i, s in enumerate(rows.status()) if s != store.DONE]
-      logging.info("model %s: %d checkpoints, %d to score", m.name, len(m.checkpoints),
-                   len(pending))
-      model_failed, timing = _sweep_model(ctx, m, rows, pending, pool)
-      failed += model_failed
-      if timing is not None and timings is not None:
-        timings.append(timing)
+  for m in traj.models:
+    meta = model_meta(m, config.get("seq_len", 0))
+    rows = _writer_first(f"model {m.name} opened", lambda: st.model(m.name, meta))
+    pending = [i for i, s in enumerate(rows.status()) if s != store.DONE]
+    logging.info("model %s: %d checkpoints, %d to score", m.name, len(m.checkpoints), len(pending))
+    model_failed, timing = _sweep_model(config, blocks, checkpoint_stream, m, rows, pending)
+    failed += model_failed
+    if timing is not None and timings is not None:
+      timings.append(timing)
   if failed:
     logging.warning("%d checkpoint(s) failed: %s", len(failed), failed)
   _sync("sweep done")
   return store.open(workdir)
 
 
-@dataclasses.dataclass
-class _Context:
-  config: object
-  blocks: data.Blocks
-  dtype: object
-  mesh: object
-  sharding_fn: object
+def model_meta(m: trajectory.Model, seq_len: int = 0) -> dict:
+  """What the store records of a model: its checkpoints, sizes and FLOPs per step.
+
+  The architecture is read from a checkpoint's config.json (no weights), so
+  analyses of the store never open checkpoint directories.
+  """
+  meta = {
+      "steps": m.steps, "tokens_per_step": m.tokens_per_step, "params": m.params,
+      "paths": [c.path for c in m.checkpoints]
+  }
+  errors = []
+  for c in reversed(m.checkpoints):  # they share one architecture; the last is the usual one
+    try:
+      _, cfg = checkpoints.model_config(c.path)
+      break
+    except (OSError, ValueError) as e:
+      errors.append(str(e))
+  else:  # every checkpoint fails; the sweep reports each (or raises on the first)
+    logging.warning("model %s: no readable config.json (%s); sizes and FLOPs not recorded", m.name,
+                    errors[0])
+    return meta
+  meta.update(flops.trajectory_compute(m, cfg, seq_len))
+  return meta
 
 
-def _sweep_model(ctx: _Context, m, rows, pending, pool) -> tuple[list[str], SweepTiming | None]:
-  """Scores `pending` checkpoints of model `m`, reading the next while scoring this one.
+def _sweep_model(config, blocks, checkpoint_stream, m, rows,
+                 pending) -> tuple[list[str], SweepTiming | None]:
+  """Scores `pending` checkpoints of model `m` from the stream (next read while this scores).
 
   With `config.prefetch` off, each checkpoint is read only once the previous one
   is written (the sequential baseline `bench/sweep_bench.py` compares against).
   Returns the failed checkpoints ("model@step") and the model's timing.
   """
-  config, blocks = ctx.config, ctx.blocks
-  prefetch = config.get("prefetch", True)
-  load = lambda k: pool.submit(_load, m.checkpoints[pending[k]].path, ctx.dtype, ctx.sharding_fn)
-  failed, scorer = [], None
-  future = load(0) if pending else None
+  failed = []
   t_start, read_s, compute_s, read_bytes = time.perf_counter(), 0.0, 0.0, 0
   predicted = blocks.mask[:, 1:] & blocks.mask[:, :-1]
-  for n, i in enumerate(pending):
+  items = [(i, m.checkpoints[i].path) for i in pending]
+  for n, loaded in enumerate(checkpoint_stream.iterate(items)):
+    i = loaded.key
     ckpt = m.checkpoints[i]
-    t_wait = time.perf_counter()
-    current = future if future is not None else load(n)
-    future = load(n + 1) if prefetch and n + 1 < len(pending) else None
     try:
-      model, t_read = current.result()
-      wait_s = time.perf_counter() - t_wait
+      if loaded.error is not None:
+        raise loaded.error
       t0 = time.perf_counter()
-      if scorer is None:
-        scorer = Scorer(model, head_chunk_tokens=config.head_chunk_tokens, mesh=ctx.mesh)
-      else:
-        scorer.set_state(model)
-      del model
+      scorer = checkpoint_stream.scorer(loaded.model)
+      loaded.model = None  # the scorer holds the weights now
       lp = scorer.score_blocks(blocks.tokens, blocks.mask, batch_size=config.batch_size)
       if not np.isfinite(lp[:, 1:][predicted]).all():
         raise FloatingPointError(f"{ckpt.path}: scoring produced NaN or Inf log-probs for real "
@@ -224,8 +216,8 @@ def _sweep_model(ctx: _Context, m, rows, pending, pool) -> tuple[list[str], Swee
       rows.write(i, lp)
     _sync(f"{m.name} step {ckpt.step} written")
     dt = time.perf_counter() - t0
-    n_bytes = orbax_checkpoints.dir_bytes(ckpt.path)
-    read_s += t_read
+    n_bytes = loaded.read_bytes
+    read_s += loaded.read_s
     read_bytes += n_bytes
     compute_s += dt
     elapsed = time.perf_counter() - t_start
@@ -233,12 +225,14 @@ def _sweep_model(ctx: _Context, m, rows, pending, pool) -> tuple[list[str], Swee
     ppl = float(np.exp(-np.nanmean(lp.astype(np.float64))))
     logging.info(
         "%s step %d: valid PPL %.3f | %.0f tok/s | read %.1fs, %.0f MB/s (waited "
-        "%.1fs) | %d/%d, ETA %.0fs", m.name, ckpt.step, ppl, blocks.n_predictions / dt, t_read,
-        n_bytes / 1e6 / max(t_read, 1e-9), wait_s, n + 1, len(pending), eta)
+        "%.1fs) | %d/%d, ETA %.0fs", m.name, ckpt.step, ppl, blocks.n_predictions / dt,
+        loaded.read_s, n_bytes / 1e6 / max(loaded.read_s, 1e-9), loaded.wait_s, n + 1, len(pending),
+        eta)
   if not pending:
     return failed, None
   timing = SweepTiming(m.name, len(pending),
-                       time.perf_counter() - t_start, read_s, compute_s, read_bytes, prefetch)
+                       time.perf_counter() - t_start, read_s, compute_s, read_bytes,
+                       checkpoint_stream.prefetch)
   logging.info(
       "%s: wall %.1fs, read %.1fs (%.0f MB/s), compute %.1fs, overlap %.0f%%, "
       "wall/max(read, compute) %.2f", m.name, timing.wall_s, read_s,
