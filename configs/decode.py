@@ -41,9 +41,10 @@ def get_config():
   config.score_all_checkpoints = True
   # Texts per scoring call.
   config.score_batch_size = 8
-  # Training sequence length, for the FLOPs on Fig. 6's x axis (OPT: 2048).
-  config.seq_len = 2048
-  # Workdir of a `launch/score.py` run; gives validation PPL for Fig. 16 (empty: no Fig. 16).
+  # T of the PaLM FLOPs formula (training sequence length); 0 = max_position_embeddings.
+  config.seq_len = 0
+  # Workdir whose store/ (from launch/score.py) gives validation PPL for Fig. 16 ("": this
+  # workdir; no store there: no Fig. 16).
   config.store_dir = ""
   # Rows of the Table-1-style example table (prompts shown).
   config.table_prompts = 3

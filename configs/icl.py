@@ -33,7 +33,7 @@ def get_config():
   config.tokenizer = ""
   # Workdir of a scored store (launch/score.py) for validation PPL; empty = --workdir.
   # Without a store the figures against validation PPL are skipped (FLOPs only).
-  config.store_workdir = ""
+  config.store_dir = ""
   # Parameter dtype: "float32" or "bfloat16" (log-softmax is always float32).
   config.dtype = "float32"
   # Training FLOPs: "palm" (6N + 12LHQT per token, Chowdhery et al. 2022, the paper) or "6nd".

@@ -5,7 +5,7 @@ import ml_collections
 def get_config():
   config = ml_collections.ConfigDict()
   # Workdir holding the result store (its store/ folder); empty = --workdir itself.
-  config.store_workdir = ""
+  config.store_dir = ""
   # Start fractions p of the trend window for Fig. 2 (shares vs start); a fraction
   # whose window has < 3 checkpoints is skipped for that model, and logged.
   config.fractions = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -23,8 +23,6 @@ def get_config():
   config.x = "index"
   # Training FLOPs: "palm" (6N + 12LHQT per token, Chowdhery et al. 2022, the paper) or "6nd".
   config.flops_method = "palm"
-  # T of the PaLM formula (training sequence length); 0 = max_position_embeddings.
-  config.seq_len = 0
   # Series per chunk of the vectorised trend fit (bounds its extra memory).
   config.chunk_size = 16384
   # Model whose categories colour the Table 3 token view ("smallest", "largest" or a name).

@@ -7,15 +7,12 @@ With --trajectory, every checkpoint is converted to OUT_ROOT/<model>/step<step>
 and OUT_ROOT/trajectory.json lists them, ready for launch/score.py; rerunning
 keeps what is already converted.
 """
-import os
-import sys
 import time
 
 import jax
 from absl import app, flags, logging
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from trajax import orbax_checkpoints, sharding  # pylint: disable=g-import-not-at-top
+from trajax import checkpoints, convert, distributed, orbax_checkpoints, sharding
 
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "One HF checkpoint directory to convert.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Where to write the converted --hf_dir.")
@@ -34,6 +31,7 @@ _MESH = flags.DEFINE_string(
     "for models larger than one device.")
 _ALLOW_OUTSIDE_ROOT = flags.DEFINE_bool("allow_outside_root", False,
                                         "Let manifest paths resolve outside its root.")
+distributed.define_flags()
 
 
 def main(argv):
@@ -42,14 +40,17 @@ def main(argv):
   many = (_TRAJECTORY.value, _OUT_ROOT.value)
   if not (all(one) and not any(many) or all(many) and not any(one)):
     raise app.UsageError("give either --hf_dir and --out_dir, or --trajectory and --out_root")
-  logging.info("JAX devices: %s", jax.devices())
+  distributed.initialize_from_flags()
+  if jax.process_count() > 1:
+    raise app.UsageError("conversion runs in one process; to convert a model larger than one "
+                         "device, pass --mesh_shape over this host's devices")
   sharding_fn = (sharding.param_sharding_fn(sharding.make_mesh(_MESH.value))
                  if _MESH.value else None)
   if all(many):
-    out = orbax_checkpoints.convert_trajectory(_TRAJECTORY.value, _OUT_ROOT.value,
-                                               dtype=_DTYPE.value, overwrite=_OVERWRITE.value,
-                                               allow_outside_root=_ALLOW_OUTSIDE_ROOT.value,
-                                               sharding_fn=sharding_fn, compress=_COMPRESS.value)
+    out = convert.convert_trajectory(_TRAJECTORY.value, _OUT_ROOT.value, dtype=_DTYPE.value,
+                                     overwrite=_OVERWRITE.value,
+                                     allow_outside_root=_ALLOW_OUTSIDE_ROOT.value,
+                                     sharding_fn=sharding_fn, compress=_COMPRESS.value)
     print(out)
     return
   t0 = time.perf_counter()
@@ -57,7 +58,7 @@ def main(argv):
                                      overwrite=_OVERWRITE.value, sharding_fn=sharding_fn,
                                      compress=_COMPRESS.value)
   dt = time.perf_counter() - t0
-  size = orbax_checkpoints.dir_bytes(_OUT_DIR.value)
+  size = checkpoints.dir_bytes(_OUT_DIR.value)
   logging.info("%s -> %s: %d params as %s, %.1f MB in %.1fs (%.1f MB/s)", _HF_DIR.value,
                _OUT_DIR.value, marker["params"], marker["dtype"], size / 1e6, dt,
                size / 1e6 / max(dt, 1e-9))

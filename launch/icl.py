@@ -4,23 +4,22 @@
       --config.tasks_dir=../shared/data/bigbench --workdir=out/
 """
 import os
-import sys
 
-from absl import app, flags, logging
-import jax
+from absl import app, flags
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from trajax.analysis import icl_study  # pylint: disable=g-import-not-at-top
+from trajax import distributed
+from trajax.analysis import icl_study
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ICL study config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (icl/ is written here).")
+distributed.define_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   del argv
-  logging.info("JAX devices: %s", jax.devices())
+  distributed.initialize_from_flags()
   summary = icl_study.run(_CONFIG.value, _WORKDIR.value)
   for name in summary["models"]:
     acc = summary["final_accuracy"].get(name)

@@ -3,23 +3,28 @@
   python launch/trends.py --config=configs/trends.py --workdir=out/
 """
 import os
-import sys
 
-from absl import app, flags
+from absl import app, flags, logging
+import jax
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from trajax.analysis import token_study  # pylint: disable=g-import-not-at-top
+from trajax import distributed
+from trajax.analysis import token_study
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Trend study config file.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Output directory (trends/ is written here; the store is read "
-    "from here unless config.store_workdir is set).")
+    "from here unless config.store_dir is set).")
+distributed.define_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   del argv
+  distributed.initialize_from_flags()
+  if not distributed.is_writer():  # host-side analysis of the store: one process
+    logging.info("process %d: the trend study runs on process 0", jax.process_index())
+    return
   summary = token_study.run(_CONFIG.value, _WORKDIR.value)
   for name in summary["models"]:
     shares = summary["shares_at_10pct"][name] or {}

@@ -225,7 +225,7 @@ def test_launcher_subprocess(study, tmp_path):
       str(ROOT / "launch" / "icl.py"), f"--config={ROOT / 'configs' / 'icl.py'}",
       f"--workdir={tmp_path}", f"--config.trajectory={study['manifest']}",
       f"--config.tasks_dir={BIGBENCH}", f"--config.task_names={TASKS!r}".replace(" ", ""),
-      f"--config.max_examples={MAX_EXAMPLES}", f"--config.store_workdir={study['workdir']}"
+      f"--config.max_examples={MAX_EXAMPLES}", f"--config.store_dir={study['workdir']}"
   ], capture_output=True, text=True, env=env, timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "0 (checkpoint, task) pairs to score" in proc.stderr

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import OPT_TOKENIZER, ROOT, hf_opt, save_hf, write_manifest
-from trajax import flops, sweep
+from trajax import sweep
 from trajax.analysis import token_study, trends
+from trajax.models import opt
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -86,7 +87,7 @@ def _hand_flops(model, steps):
   layers, d, ffn, vocab, heads, t = MODELS[model]["num_hidden_layers"], 16, 32, 50272, 4, 64
   per_layer = 4 * (d * d + d) + 4 * d + (d * ffn + ffn) + (ffn * d + d)
   n = vocab * d + layers * per_layer + 2 * d
-  assert n == flops.opt_flops_params(vocab, d, layers, ffn, t, None, True)
+  assert n == opt.flops_params(opt.OPTConfig(vocab, d, layers, ffn, heads, t, d))
   per_token = 6 * n + 12 * layers * heads * (d // heads) * t
   return np.asarray(steps, np.float64) * TOKENS_PER_STEP * per_token, n
 
@@ -213,16 +214,16 @@ def test_summary_fields(scored):
 def test_6nd_and_bad_config(scored, tmp_path):
   workdir, reader, _ = scored
   summary = token_study.run(
-      trends_config(store_workdir=workdir, flops_method="6nd", selectors=(), fractions=(0.1,)),
+      trends_config(store_dir=workdir, flops_method="6nd", selectors=(), fractions=(0.1,)),
       str(tmp_path))
   for m in reader.models:
     _, n = _hand_flops(m, STEPS)
     assert summary["final_flops"][m] == 6.0 * n * STEPS[-1] * TOKENS_PER_STEP
   assert summary["subsets"] == []
   with pytest.raises(ValueError, match="flops_method"):
-    token_study.run(trends_config(store_workdir=workdir, flops_method="palm2"), str(tmp_path))
+    token_study.run(trends_config(store_dir=workdir, flops_method="palm2"), str(tmp_path))
   with pytest.raises(ValueError, match="selector 'nope'"):
-    token_study.run(trends_config(store_workdir=workdir, selectors=("nope",)), str(tmp_path))
+    token_study.run(trends_config(store_dir=workdir, selectors=("nope",)), str(tmp_path))
   with pytest.raises(FileNotFoundError, match="no trajax store"):
     token_study.run(trends_config(), str(tmp_path / "empty"))
 
@@ -233,8 +234,8 @@ def test_launcher_subprocess(scored, tmp_path):
   proc = subprocess.run([
       sys.executable,
       str(ROOT / "launch" / "trends.py"), f"--config={ROOT / 'configs' / 'trends.py'}",
-      f"--workdir={tmp_path}", f"--config.store_workdir={workdir}",
-      "--config.selectors=('largest',)", "--config.fractions=(0.1,0.4)"
+      f"--workdir={tmp_path}", f"--config.store_dir={workdir}", "--config.selectors=('largest',)",
+      "--config.fractions=(0.1,0.4)"
   ], capture_output=True, text=True, env=env, timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = tmp_path / "trends"

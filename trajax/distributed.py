@@ -37,3 +37,27 @@ def initialize(coordinator_address: str = "", num_processes: int = 0, process_id
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
+
+
+def is_writer() -> bool:
+  """Process 0 writes every output; the others compute beside it (or wait)."""
+  return jax.process_index() == 0
+
+
+def define_flags() -> None:
+  """Defines the multi-process flags every launcher accepts (absl)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("coordinator_address", "", "host:port of process 0 for a multi-process run.")
+  flags.DEFINE_integer("num_processes", 0, "Processes in a multi-process run.")
+  flags.DEFINE_integer("process_id", -1, "This process's id in a multi-process run.")
+  flags.DEFINE_bool("multihost", False,
+                    "Join a TPU pod / SLURM job found by jax.distributed itself.")
+
+
+def initialize_from_flags() -> bool:
+  """`initialize` with the flags of `define_flags`; logs the devices either way."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  joined = initialize(f.coordinator_address, f.num_processes, f.process_id, auto=f.multihost)
+  logging.info("JAX devices: %s", jax.devices())
+  return joined

@@ -21,7 +21,7 @@ def test_sigkill_during_trends_then_resume_equals_clean_run(tmp_path, tiny_ckpt)
   cmd = [
       sys.executable,
       str(ROOT / "launch" / "trends.py"), f"--config={ROOT}/configs/trends.py",
-      f"--config.store_workdir={scored}", f"--config.tokenizer={OPT_TOKENIZER}",
+      f"--config.store_dir={scored}", f"--config.tokenizer={OPT_TOKENIZER}",
       "--config.selectors=('self',)", "--config.fractions=(0.1, 0.5)",
       "--config.subset_fractions=(0.1,)"
   ]

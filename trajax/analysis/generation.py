@@ -33,6 +33,7 @@ from flax import nnx  # noqa: E402
 
 from trajax import atomic, checkpoints, corruption, data, decoding, flops, sampling, trajectory  # noqa: E402
 from trajax import workdir as workdir_lib  # noqa: E402
+from trajax.analysis import common  # noqa: E402
 from trajax.scoring import Scorer  # noqa: E402
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -204,7 +205,7 @@ def _continuation_block(texts: Sequence[dict]):
 
 
 def score_texts(texts: Sequence[dict], checkpoint_paths_by_model: Mapping[str, object], *,
-                dtype=jnp.float32, batch_size: int = 8, load=checkpoints.load_hf,
+                dtype=jnp.float32, batch_size: int = 8, load=checkpoints.load,
                 done: set | None = None, on_rows: Callable[[list[dict]], None] | None = None,
                 log: Callable[[str], None] | None = None) -> list[dict]:
   """Perplexity of the generated continuations under every checkpoint.
@@ -218,7 +219,7 @@ def score_texts(texts: Sequence[dict], checkpoint_paths_by_model: Mapping[str, o
       {model: {step: path_or_model}}; a path is read with `load(path, dtype=)`.
     dtype: parameter dtype for loading.
     batch_size: rows per scoring call.
-    load: checkpoint loader (default `checkpoints.load_hf`).
+    load: checkpoint loader (default `checkpoints.load`: HF or converted).
     done: (model, step) pairs to skip (resuming).
     on_rows: called with each checkpoint's new rows (e.g. to save progress).
   Returns:
@@ -286,7 +287,7 @@ def corrupted_rows(seqs: Sequence[np.ndarray], final_by_model: Mapping[str, obje
                    fractions: Sequence[float] = corruption.PAPER_FRACTIONS,
                    max_length: int = corruption.PAPER_MAX_LENGTH, seed: int = 0, bos_id: int = 2,
                    steps: Mapping[str, int] | None = None, dtype=jnp.float32, batch_size: int = 8,
-                   load=checkpoints.load_hf) -> list[dict]:
+                   load=checkpoints.load) -> list[dict]:
   """Perplexity of corrupted documents under final checkpoints (paper Fig. 5 left).
 
   Sequence i at fraction f is `corruption.replace(seqs[i], f, vocab_ids,
@@ -565,6 +566,8 @@ def _read_rows(path, fields):
 def run(config, workdir: str) -> dict:
   """Generates with the small and large final checkpoints, scores, plots (paper §4).
 
+  Outputs go to `{workdir}/decode`; validation PPL (Fig. 16) is read from the
+  store under `config.store_dir` (default: `workdir`) when there is one.
   Steps, each skipped when its output already exists (so a rerun resumes):
   generations_{N}.jsonl → generated_ppl_{N}.csv (per checkpoint, saved as it
   goes) → corrupted_ppl.csv → figures and examples_{N}.md.
@@ -572,12 +575,13 @@ def run(config, workdir: str) -> dict:
   Returns:
     {name: path} of everything written.
   """
-  with workdir_lib.claim(workdir):
+  with workdir_lib.claim(os.path.join(workdir, "decode")):
     return _run_unlocked(config, workdir)
 
 
 def _run_unlocked(config, workdir: str) -> dict:
-  os.makedirs(workdir, exist_ok=True)
+  out_dir = os.path.join(workdir, "decode")
+  os.makedirs(out_dir, exist_ok=True)
   traj = trajectory.load(config.trajectory, allow_outside_root=config.allow_outside_root)
   params = {m.name: _params(m) for m in traj.models}
   by_size = sorted(traj.models, key=lambda m: params[m.name])
@@ -590,7 +594,7 @@ def _run_unlocked(config, workdir: str) -> dict:
   n = config.max_new_tokens
   out = {}
 
-  gen_path = os.path.join(workdir, f"generations_{n}.jsonl")
+  gen_path = os.path.join(out_dir, f"generations_{n}.jsonl")
   if os.path.exists(gen_path):
     texts = read_jsonl(gen_path, fields=("config", "method", "seed", "prompt_ids", "generated_ids"))
     have = {(t["config"], t["method"], t["seed"]) for t in texts}
@@ -601,8 +605,8 @@ def _run_unlocked(config, workdir: str) -> dict:
     logging.info("reusing %d generated texts from %s", len(texts), gen_path)
   else:
     prompts = make_prompts(docs, tokenizer, config.prompt_tokens, config.data.max_docs or None)
-    small = checkpoints.load_hf(small_m.checkpoints[-1].path, dtype=dtype)
-    large = checkpoints.load_hf(large_m.checkpoints[-1].path, dtype=dtype)
+    small = checkpoints.load(small_m.checkpoints[-1].path, dtype=dtype)
+    large = checkpoints.load(large_m.checkpoints[-1].path, dtype=dtype)
     vocab = len(tokenizer) if config.vocab_size < 0 else (config.vocab_size or None)
     logging.info("generating: small=%s large=%s, %d prompts, %d new tokens", small_m.name,
                  large_m.name, len(prompts), n)
@@ -614,10 +618,10 @@ def _run_unlocked(config, workdir: str) -> dict:
     del small, large
     write_jsonl(texts, gen_path)
   out["generations"] = gen_path
-  out["examples"] = os.path.join(workdir, f"examples_{n}.md")
+  out["examples"] = os.path.join(out_dir, f"examples_{n}.md")
   atomic.write_text(out["examples"], example_table(texts, config.table_prompts))
 
-  ppl_path = os.path.join(workdir, f"generated_ppl_{n}.csv")
+  ppl_path = os.path.join(out_dir, f"generated_ppl_{n}.csv")
   rows = _read_rows(ppl_path, PPL_FIELDS)
   ckpts = {
       m.name: [(c.step, c.path)
@@ -635,7 +639,7 @@ def _run_unlocked(config, workdir: str) -> dict:
   out["generated_ppl"] = ppl_path
 
   if config.corrupted.enabled:
-    cpath = os.path.join(workdir, "corrupted_ppl.csv")
+    cpath = os.path.join(out_dir, "corrupted_ppl.csv")
     crows = _read_rows(cpath, CORRUPT_FIELDS)
     if not crows:
       seqs = document_tokens(docs, tokenizer, config.corrupted.max_length,
@@ -653,24 +657,19 @@ def _run_unlocked(config, workdir: str) -> dict:
                                    }, dtype=dtype, batch_size=config.score_batch_size)
       write_csv(crows, cpath, CORRUPT_FIELDS)
     out["corrupted_ppl"] = cpath
-    out["fig5"] = plot_corrupted(os.path.join(workdir, "fig5_corrupted.png"), crows, params)[0]
+    out["fig5"] = plot_corrupted(os.path.join(out_dir, "fig5_corrupted.png"), crows, params)[0]
 
-  out["fig6_final"] = plot_generated_scaling(os.path.join(workdir, f"fig6_final_{n}.png"), rows,
+  out["fig6_final"] = plot_generated_scaling(os.path.join(out_dir, f"fig6_final_{n}.png"), rows,
                                              params)[0]
   flops_by = {m.name: _flops_by_step(m, config.seq_len) for m in traj.models}
-  valid = {}
-  if config.store_dir:
-    from trajax import store  # pylint: disable=g-import-not-at-top
-    reader = store.open(config.store_dir)
-    valid = {
-        m: dict(zip(reader.done_steps(m).tolist(),
-                    reader.valid_ppl(m).tolist())) for m in reader.models if m in params
-    }
+  valid = {
+      m: v for m, v in (common.valid_ppl(config.store_dir or workdir) or {}).items() if m in params
+  }
   for method in sorted({r["method"] for r in rows}):
     out[f"fig6_flops_{method}"] = plot_generated_trajectory(
-        os.path.join(workdir, f"fig6_flops_{method}_{n}.png"), rows, flops_by, method)[0]
+        os.path.join(out_dir, f"fig6_flops_{method}_{n}.png"), rows, flops_by, method)[0]
     if valid:
       out[f"fig16_{method}"] = plot_generated_trajectory(
-          os.path.join(workdir, f"fig16_valid_ppl_{method}_{n}.png"), rows, valid, method,
+          os.path.join(out_dir, f"fig16_valid_ppl_{method}_{n}.png"), rows, valid, method,
           xlabel="validation perplexity", logx=True)[0]
   return out

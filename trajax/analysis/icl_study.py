@@ -134,7 +134,7 @@ class RequestCache:
 
 def _load(path: str, dtype):
   t0 = time.perf_counter()
-  model = checkpoints.load_hf(path, dtype=dtype)
+  model = checkpoints.load(path, dtype=dtype)
   return model, time.perf_counter() - t0
 
 
@@ -237,7 +237,7 @@ def _check_fingerprint(out_dir: str, fingerprint: dict) -> None:
 
 def _valid_ppl(config, workdir: str) -> dict[str, dict[int, float]] | None:
   """model -> {step: validation PPL} from the store, or None without one."""
-  root = config.store_workdir or workdir
+  root = config.store_dir or workdir
   try:
     reader = store.open(root)
   except FileNotFoundError:

@@ -1,7 +1,7 @@
 """The token-trend study of a result store (Xia et al. 2023, §3 and App. B).
 
 `run(config, workdir)` is what `launch/trends.py` calls. It reads the store
-written by `trajax.sweep` (under `config.store_workdir`, or `workdir`) and writes
+written by `trajax.sweep` (under `config.store_dir`, or `workdir`) and writes
 under `{workdir}/trends/`:
 
   checkpoints.csv                  model, step, tokens_seen, flops, valid_ppl
@@ -16,9 +16,9 @@ under `{workdir}/trends/`:
   token_view.html                  Table 3: one block, coloured by category
   summary.json                     the numbers a report quotes (also returned)
 
-Models are ordered by the parameter count N used for FLOPs (smallest first):
-the manifest's `params` when set, else `trajax.flops.opt_flops_params` of the
-first checkpoint's config.json. Every model is scored on the same blocks (the
+Models are ordered by size (smallest first); sizes and training FLOPs are the
+store's records (`trajax.sweep.model_meta`: the manifest's `params` when set,
+else counted from config.json by the model's family). Every model is scored on the same blocks (the
 store holds one dataset), so the series axis — token k is block row
 k // block_len, position k % block_len — is shared, and a subset chosen by one
 model can be followed in all of them. Only done checkpoints take part; 100% of
@@ -26,7 +26,6 @@ training is a model's last done step.
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 import time
@@ -37,7 +36,7 @@ from absl import logging
 
 from trajax import atomic, checkpoints, data, flops, store
 from trajax import workdir as workdir_lib
-from trajax.analysis import trend_figures, trends
+from trajax.analysis import common, trend_figures, trends
 
 CATEGORY_CODES = {
     "stagnated": trends.STAGNATED, "upward": trends.UPWARD, "downward": trends.DOWNWARD,
@@ -78,48 +77,12 @@ class FitSummary(NamedTuple):
   n_excluded: int
 
 
-def model_flops(reader: store.StoreReader, model: str, steps_c, method: str = "palm",
-                seq_len: int = 0) -> tuple[np.ndarray, int]:
-  """Cumulative training FLOPs at each step of `model`, and the N used.
+def load_models(reader: store.StoreReader, method: str = "palm") -> list[ModelTrajectory]:
+  """Every model with at least one done checkpoint, smallest first.
 
-  Args:
-    reader: the store.
-    model: model name.
-    steps_c: [checkpoint] steps.
-    method: "palm" (6N + 12LHQT per token, Chowdhery et al. 2022, the paper's
-      choice) or "6nd".
-    seq_len: T of the PaLM formula; 0 = the config's max_position_embeddings.
-
-  Returns:
-    ([checkpoint] float64 FLOPs, N). N is meta `params` when set, else
-    `flops.opt_flops_params` of the first checkpoint's config.json, which the
-    PaLM formula also needs for L, H, Q.
+  Sizes and FLOPs are the store's records (written by the sweep from each
+  model's config.json): no checkpoint directory is opened.
   """
-  if method not in FLOPS_METHODS:
-    raise ValueError(f"flops_method must be one of {FLOPS_METHODS}, got {method!r}")
-  meta = reader.meta(model)
-  n_params = meta.get("params")
-  tps = int(meta["tokens_per_step"])
-  if n_params is not None and method == "6nd":
-    return flops.training_flops_6nd(steps_c, tps, n_params), int(n_params)
-  paths = meta.get("paths") or []
-  if not paths:
-    raise ValueError(f"model {model!r}: the store has no checkpoint paths, so its "
-                     f"architecture is unknown; set 'params' in the manifest and "
-                     f"flops_method='6nd'")
-  try:
-    _, cfg = checkpoints.model_config(paths[0])
-  except (OSError, ValueError) as e:
-    hint = ("" if n_params is None else
-            "; with the manifest's 'params' set, flops_method='6nd' needs no config.json")
-    raise ValueError(
-        f"model {model!r}: cannot read the architecture for FLOPs ({e}){hint}") from None
-  return flops.training_flops_for_config(cfg, steps_c, tps, n_params, method, seq_len)
-
-
-def load_models(reader: store.StoreReader, method: str = "palm",
-                seq_len: int = 0) -> list[ModelTrajectory]:
-  """Every model with at least one done checkpoint, smallest N first."""
   out = []
   for name in reader.models:
     lp_cn = reader.logprobs(name)
@@ -127,7 +90,7 @@ def load_models(reader: store.StoreReader, method: str = "palm",
       logging.warning("model %s: no done checkpoint; left out of the study", name)
       continue
     steps_c = reader.done_steps(name)
-    flops_c, n_params = model_flops(reader, name, steps_c, method, seq_len)
+    flops_c, n_params = reader.flops(name, method), reader.flops_params(name)
     out.append(
         ModelTrajectory(
             name=name, n_params=n_params, steps_c=steps_c,
@@ -171,26 +134,11 @@ def _percent(category_n: np.ndarray, code: int) -> tuple[float, int]:
 
 
 def _write_checkpoints_csv(path: str, models: list[ModelTrajectory]) -> None:
-  with atomic.atomic_open(path, "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(("model", "params", "checkpoint", "step", "tokens_seen", "flops", "valid_ppl"))
-    for m in models:
-      for i in range(m.steps_c.shape[0]):
-        w.writerow((m.name, m.n_params, i, int(m.steps_c[i]), repr(float(m.tokens_seen_c[i])),
-                    repr(float(m.flops_c[i])), repr(float(m.valid_ppl_c[i]))))
-
-
-def _clean(obj):
-  """NaN/inf → None and numpy scalars → Python, so summary.json is strict JSON."""
-  if isinstance(obj, dict):
-    return {str(k): _clean(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_clean(v) for v in obj]
-  if isinstance(obj, (np.integer,)):
-    return int(obj)
-  if isinstance(obj, (float, np.floating)):
-    return float(obj) if math.isfinite(obj) else None
-  return obj
+  common.write_table(path,
+                     ("model", "params", "checkpoint", "step", "tokens_seen", "flops", "valid_ppl"),
+                     [(m.name, m.n_params, i, int(
+                         m.steps_c[i]), m.tokens_seen_c[i], m.flops_c[i], m.valid_ppl_c[i])
+                      for m in models for i in range(m.steps_c.shape[0])])
 
 
 def _check_config(config) -> None:
@@ -209,7 +157,7 @@ def _check_config(config) -> None:
 
 
 def run(config, workdir: str) -> dict:
-  """Runs the study on the store under `config.store_workdir or workdir`.
+  """Runs the study on the store under `config.store_dir or workdir`.
 
   Args:
     config: a `configs/trends.py` ConfigDict.
@@ -225,10 +173,10 @@ def run(config, workdir: str) -> dict:
 def _run_unlocked(config, workdir: str) -> dict:
   _check_config(config)
   t_start = time.perf_counter()
-  reader = store.open(config.store_workdir or workdir)
+  reader = store.open(config.store_dir or workdir)
   out_dir = os.path.join(workdir, "trends")
   os.makedirs(os.path.join(out_dir, "subsets"), exist_ok=True)
-  models = load_models(reader, config.flops_method, config.seq_len)
+  models = load_models(reader, config.flops_method)
   names = [m.name for m in models]
   by_name = {m.name: m for m in models}
   for sel in (*[s for s in config.selectors if s != "self"], config.token_view_model):
@@ -312,8 +260,7 @@ def _run_unlocked(config, workdir: str) -> dict:
       },
       "seconds": time.perf_counter() - t_start,
   }
-  summary = _clean(summary)
-  atomic.write_json(os.path.join(out_dir, "summary.json"), summary, allow_nan=False)
+  summary = common.write_summary(os.path.join(out_dir, "summary.json"), summary)
   logging.info("token study done in %.1fs: %s", summary["seconds"], out_dir)
   return summary
 
@@ -385,10 +332,10 @@ def _token_view(config, reader, by_name, names, fits, out_dir) -> dict | None:
   b = int(config.token_view_block)
   if not 0 <= b < rows:
     raise ValueError(f"config.token_view_block={b} is out of range: the store has {rows} blocks")
-  tok_path = config.tokenizer or (reader.meta(names[0]).get("paths") or [""])[0]
+  tok_path = config.tokenizer or reader.tokenizer_dir
   if not tok_path:
-    raise ValueError("no tokenizer for the token view: the store has no checkpoint paths; "
-                     "set config.tokenizer")
+    raise ValueError(f"no tokenizer for the token view: {reader.root} has none (a store written "
+                     f"by an older trajax); set config.tokenizer")
   try:
     tokenizer = checkpoints.load_tokenizer(tok_path)
   except (OSError, ValueError) as e:

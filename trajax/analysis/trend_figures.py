@@ -1,25 +1,18 @@
 """Figures of the token-trend analysis (Xia et al. 2023, Fig. 1, 2, 3/4, 10-12).
 
 Every figure function writes a PNG and, next to it, the CSV of the exact numbers
-drawn (same path, `.csv` suffix), and returns both paths. Matplotlib runs on
-the Agg backend; nothing is shown. `token_view_html` renders Table 3 style
+drawn (same path, `.csv` suffix), and returns both paths. Figures go through
+`trajax.analysis.common` (Agg backend, atomic writes); nothing is shown. `token_view_html` renders Table 3 style
 coloured text.
 """
 from __future__ import annotations
 
-import csv
 import html
-import os
 from typing import Mapping, Sequence
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
-import numpy as np  # noqa: E402
-
-from trajax import atomic  # noqa: E402
-from trajax.analysis import trends  # noqa: E402
+from trajax.analysis import common, trends
 
 # Table 3 of the paper: upward red, downward green, stagnated blue, others black.
 CATEGORY_COLORS = {
@@ -29,30 +22,6 @@ CATEGORY_COLORS = {
     trends.NONE: "#000000",
     trends.EXCLUDED: "#7f7f7f",
 }
-
-
-def _paths(png_path: str | os.PathLike) -> tuple[str, str]:
-  png = os.fspath(png_path)
-  if not png.endswith(".png"):
-    raise ValueError(f"figure path must end in .png, got {png!r}")
-  os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
-  return png, png[:-len(".png")] + ".csv"
-
-
-def _write_csv(path: str, header: Sequence[str], rows) -> None:
-  with atomic.atomic_open(path, "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(header)
-    for row in rows:
-      w.writerow([repr(float(v)) if isinstance(v, (float, np.floating)) else v for v in row])
-
-
-def _save(fig, png: str) -> None:
-  fig.tight_layout()
-  try:
-    atomic.save_figure(fig, png, dpi=120)
-  finally:
-    plt.close(fig)
 
 
 def _curves(ax, x_by_model, y_by_model, xlabel, ylabel, logx):
@@ -87,13 +56,13 @@ def validation_ppl_vs_flops(png_path, flops_by_model: Mapping[str, np.ndarray],
     Returns:
       (png path, csv path); CSV columns model, checkpoint, flops, valid_ppl.
     """
-  png, csv_path = _paths(png_path)
-  fig, ax = plt.subplots(figsize=(5, 3.5))
+  png, csv_path = common.figure_paths(png_path)
+  fig, ax = common.subplots(figsize=(5, 3.5))
   rows = _curves(ax, flops_by_model, valid_ppl_by_model, "training FLOPs", "validation perplexity",
                  True)
   ax.set_yscale("log")
-  _save(fig, png)
-  _write_csv(csv_path, ("model", "checkpoint", "flops", "valid_ppl"), rows)
+  common.save_figure(fig, png)
+  common.write_table(csv_path, ("model", "checkpoint", "flops", "valid_ppl"), rows)
   return png, csv_path
 
 
@@ -109,9 +78,9 @@ def category_shares(png_path,
       (png path, csv path); CSV columns model, fraction, start_step,
       stagnated, upward, downward, none, n_excluded.
     """
-  png, csv_path = _paths(png_path)
+  png, csv_path = common.figure_paths(png_path)
   kinds = ("stagnated", "upward", "downward")
-  fig, axes = plt.subplots(1, 3, figsize=(11, 3.3))
+  fig, axes = common.subplots(1, 3, figsize=(11, 3.3))
   rows = []
   for name, sh in shares_by_model.items():
     frac = 100.0 * np.asarray(sh["fraction"], np.float64)
@@ -125,8 +94,8 @@ def category_shares(png_path,
     ax.set_xlabel("start of trend (% of training)")
     ax.set_ylabel("% of tokens")
   axes[-1].legend(fontsize=7)
-  _save(fig, png)
-  _write_csv(
+  common.save_figure(fig, png)
+  common.write_table(
       csv_path,
       ("model", "fraction", "start_step", "stagnated", "upward", "downward", "none", "n_excluded"),
       rows)
@@ -135,8 +104,8 @@ def category_shares(png_path,
 
 def _subset(png_path, x_by_model, mean_ppl_by_model, title, xlabel, selected_percent,
             invert_x=False):
-  png, csv_path = _paths(png_path)
-  fig, ax = plt.subplots(figsize=(5, 3.5))
+  png, csv_path = common.figure_paths(png_path)
+  fig, ax = common.subplots(figsize=(5, 3.5))
   rows = _curves(ax, x_by_model, mean_ppl_by_model, xlabel, "mean perplexity of selected tokens",
                  True)
   if invert_x:
@@ -144,8 +113,8 @@ def _subset(png_path, x_by_model, mean_ppl_by_model, title, xlabel, selected_per
   if selected_percent is not None:
     title = f"{title} ({selected_percent:.1f}% of tokens)"
   ax.set_title(title, fontsize=9)
-  _save(fig, png)
-  _write_csv(csv_path, ("model", "checkpoint", "x", "mean_ppl"), rows)
+  common.save_figure(fig, png)
+  common.write_table(csv_path, ("model", "checkpoint", "x", "mean_ppl"), rows)
   return png, csv_path
 
 

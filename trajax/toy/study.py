@@ -38,11 +38,11 @@ def wire(config, workdir: str, manifest: str) -> None:
   s = config.score
   s.trajectory, s.tokenizer, s.data.files = manifest, tokenizer, validation
   t = config.trends
-  t.store_workdir, t.tokenizer = workdir, tokenizer
+  t.store_dir, t.tokenizer = workdir, tokenizer
   d = config.decode
   d.trajectory, d.tokenizer, d.data.files, d.store_dir = manifest, tokenizer, validation, workdir
   i = config.icl
-  i.trajectory, i.tokenizer, i.store_workdir = manifest, tokenizer, workdir
+  i.trajectory, i.tokenizer, i.store_dir = manifest, tokenizer, workdir
   i.tasks_dir = os.path.join(workdir, "tasks")
 
 
@@ -62,8 +62,7 @@ def _run_claimed(config, workdir: str) -> str:
   wire(config, workdir, manifest)
   _stage("score", lambda: sweep.run(config.score, workdir))
   trends_summary = _stage("trends", lambda: token_study.run(config.trends, workdir))
-  decode_out = _stage("decode",
-                      lambda: generation.run(config.decode, os.path.join(workdir, "decode")))
+  decode_out = _stage("decode", lambda: generation.run(config.decode, workdir))
   icl_summary = _stage("icl", lambda: icl_study.run(config.icl, workdir))
   sections = findings.sections(workdir, trends_summary, decode_out, icl_summary)
   path = report.write(
