@@ -3,7 +3,6 @@
 Layout under `{workdir}/store/` (tensorstore, zarr):
   dataset.json               hashes of the token blocks and tokenizer, block shape
   tokens.npz                 the token blocks themselves (tokens, mask)
-  tokenizer/                 the tokenizer they were made with (save_pretrained)
   {model}/meta.json          steps, tokens_per_step, params, checkpoint paths, and
                              what analyses need without opening a checkpoint:
                              architecture (family + config), param_count,
@@ -22,8 +21,6 @@ import builtins
 import dataclasses
 import json
 import os
-import shutil
-import uuid
 
 import numpy as np
 import tensorstore as ts
@@ -51,6 +48,7 @@ DATASET_FIELDS = {
                     "[rows, block_len], two integers >= 0", True),
     "documents": (_strs, "a list of document names", False),
     "n_predictions": (_int, "an integer >= 0", False),
+    "tokenizer_path": (lambda v: isinstance(v, str), "the tokenizer directory used", False),
 }
 META_FIELDS = {
     "steps": (lambda v: isinstance(v, list) and all(map(_int, v)),
@@ -180,26 +178,6 @@ class Store:
       atomic.write_json(meta_path, dataset)
     return cls(root, dataset)
 
-  def save_tokenizer(self, tokenizer) -> str:
-    """Keeps the tokenizer the blocks were made with, once, so analyses can decode tokens
-    without opening a checkpoint; written under a temporary name and renamed into place."""
-    dst = os.path.join(self.root, "tokenizer")
-    if os.path.isdir(dst):
-      return dst
-    tmp = atomic.temporary_name(dst, uuid.uuid4().hex[:12])
-    try:
-      tokenizer.save_pretrained(tmp)
-      faults.point(f"store.tokenizer:{dst}")  # complete under its temporary name
-      os.replace(tmp, dst)
-    except OSError as e:
-      if atomic.is_no_space(e):
-        raise atomic.no_space_error(dst, e) from e
-      raise
-    finally:
-      if os.path.isdir(tmp):
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dst
-
   def model(self, name: str, meta: dict) -> ModelRows:
     """Opens or creates a model's arrays; `meta['steps']` must match on reopen."""
     mdir = os.path.join(self.root, name)
@@ -307,10 +285,9 @@ class StoreReader:
     return lp[done] if done_only else lp
 
   @property
-  def tokenizer_dir(self) -> str | None:
-    """The directory of the tokenizer the store was scored with (None in older stores)."""
-    path = os.path.join(self.root, "tokenizer")
-    return path if os.path.isdir(path) else None
+  def tokenizer_path(self) -> str | None:
+    """The tokenizer directory the blocks were made with (its hash is `tokenizer_hash`)."""
+    return self.dataset.get("tokenizer_path")
 
   def done_steps(self, model: str) -> np.ndarray:
     return self.steps(model)[self.status(model) == DONE]

@@ -7,6 +7,7 @@ approaches max(read, compute) rather than their sum; the log reports both.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import jax
@@ -86,9 +87,9 @@ def run(config, workdir: str, timings: list | None = None) -> store.StoreReader:
   blocks = prepare_blocks(config, tokenizer)
   _check_vocab(traj, blocks, tok_path)
   if not _is_writer():
-    return _run_locked(config, workdir, traj, tokenizer, blocks, timings)
+    return _run_locked(config, workdir, traj, tokenizer, tok_path, blocks, timings)
   with workdir_lib.claim(workdir, need_bytes=_bytes_to_write(workdir, traj, blocks)):
-    return _run_locked(config, workdir, traj, tokenizer, blocks, timings)
+    return _run_locked(config, workdir, traj, tokenizer, tok_path, blocks, timings)
 
 
 def _bytes_to_write(workdir: str, traj, blocks) -> int:
@@ -121,16 +122,14 @@ def _check_vocab(traj, blocks, tok_path):
                        f"tokenizer at {tok_path} needs (data has token id {max_id})")
 
 
-def _run_locked(config, workdir, traj, tokenizer, blocks, timings) -> store.StoreReader:
+def _run_locked(config, workdir, traj, tokenizer, tok_path, blocks, timings) -> store.StoreReader:
   dataset = {
       "dataset_hash": blocks.hash(), "tokenizer_hash": data.tokenizer_hash(tokenizer),
       "block_shape": list(blocks.tokens.shape), "documents": blocks.names,
-      "n_predictions": blocks.n_predictions
+      "n_predictions": blocks.n_predictions, "tokenizer_path": os.path.abspath(tok_path)
   }
   st = _writer_first("store created",
                      lambda: store.Store.create(workdir, dataset, blocks.tokens, blocks.mask))
-  if _is_writer():
-    st.save_tokenizer(tokenizer)
   checkpoint_stream = stream.CheckpointStream(config.dtype, config.mesh_shape,
                                               config.get("prefetch", True),
                                               config.head_chunk_tokens)

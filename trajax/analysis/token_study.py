@@ -332,10 +332,10 @@ def _token_view(config, reader, by_name, names, fits, out_dir) -> dict | None:
   b = int(config.token_view_block)
   if not 0 <= b < rows:
     raise ValueError(f"config.token_view_block={b} is out of range: the store has {rows} blocks")
-  tok_path = config.tokenizer or reader.tokenizer_dir
+  tok_path = config.tokenizer or reader.tokenizer_path
   if not tok_path:
-    raise ValueError(f"no tokenizer for the token view: {reader.root} has none (a store written "
-                     f"by an older trajax); set config.tokenizer")
+    raise ValueError(f"no tokenizer for the token view: {reader.root} does not record one (a "
+                     f"store written by an older trajax); set config.tokenizer")
   try:
     tokenizer = checkpoints.load_tokenizer(tok_path)
   except (OSError, ValueError) as e:
