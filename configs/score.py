@@ -40,4 +40,20 @@ def get_config():
   config.data.max_docs = 50
   # Skip documents with fewer tokens than this.
   config.data.min_tokens = 2
+
+  # The validation dataset, scored in the same sweep: validation perplexity (Fig. 1, and the
+  # x axis of Fig. 8, 9, 12, 16) is measured on it, never on the analysed tokens themselves.
+  config.validation = ml_collections.ConfigDict()
+  # Subsets, comma-separated "name=glob" (a bare glob is one subset per file, named by its
+  # stem, e.g. OPT's valid/{BookCorpusFair,CommonCrawl,...}.jsonl); "" = no validation data
+  # (valid PPL then falls back to the analysed tokens, with a warning).
+  config.validation.files = ""
+  # JSONL field holding the text.
+  config.validation.text_key = "text"
+  # Strip Project Gutenberg headers/footers from .txt files.
+  config.validation.gutenberg = True
+  # Tokens per block including BOS; 0 = data.block_len.
+  config.validation.block_len = 0
+  # Documents per subset; 0 = all.
+  config.validation.max_docs = 0
   return config

@@ -23,8 +23,9 @@ def _imports(path: pathlib.Path, modules: set[str]) -> set[str]:
     elif isinstance(node, ast.ImportFrom):
       base = node.module or ""
       if node.level:
-        base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] +
-                        ([base] if base else []))
+        base = ".".join(
+            package.split(".")[:len(package.split(".")) - node.level + 1] +
+            ([base] if base else []))
       out.add(base)
       out.update(f"{base}.{a.name}" for a in node.names)
   # `from trajax.models import opt` names a module; `from trajax.flops import x` a function.
@@ -36,8 +37,7 @@ def _graph() -> dict[str, set[str]]:
   modules = {_module_name(p) for p in paths}
   # A package's __init__ importing its own submodules is not an edge back into it.
   return {
-      _module_name(p):
-          {m for m in _imports(p, modules) if not _module_name(p).startswith(m + ".")}
+      _module_name(p): {m for m in _imports(p, modules) if not _module_name(p).startswith(m + ".")}
       for p in paths
   }
 

@@ -36,7 +36,8 @@ def _statsmodels(ppl_c, steps, j, x):
 
 
 @pytest.mark.parametrize("x", ["index", "log_step"])
-@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.85])  # 0.85 → 220K: the last 3-point window
+@pytest.mark.parametrize("fraction",
+                         [0.1, 0.5, 0.84])  # 0.84 → 218.4K → 220K: the last 3-point window
 def test_matches_statsmodels_ols(x, fraction):
   ppl = _random_ppl(len(STEPS_1P3B), 300, seed=int(fraction * 10))
   res = trends.fit(ppl, STEPS_1P3B, fraction, x=x, chunk_size=64)
@@ -133,22 +134,43 @@ def test_zero_residual_variance_defined():
   ]
 
 
-def test_start_index_uneven_table2_steps():
+def test_start_index_nearest_rule_uneven_table2_steps():
+  near = lambda *a, **k: trends.start_index(*a, rule="nearest", **k)
   # 125m, final checkpoint 560K: 10% → 56K; neighbours 40K (|16K|), 60K (|4K|) → 60K, index 11.
-  assert trends.start_index(STEPS_125M, 0.1) == 11 and STEPS_125M[11] == 60_000
+  assert near(STEPS_125M, 0.1) == 11 and STEPS_125M[11] == 60_000
   # Against Table 2's nominal 600K steps: 60K exactly.
-  assert trends.start_index(STEPS_125M, 0.1, total_steps=600_000) == 11
+  assert near(STEPS_125M, 0.1, total_steps=600_000) == 11
   # 1.3b: 10% of 260K = 26K, a checkpoint itself (index 6).
-  assert trends.start_index(STEPS_1P3B, 0.1) == 6
+  assert near(STEPS_1P3B, 0.1) == 6
   # 175b (no 28K/32K checkpoints): 20% of 140K = 28K → 24K (|4K|) beats 36K (|8K|).
-  assert trends.start_index(STEPS_175B, 0.2) == 5 and STEPS_175B[5] == 24_000
+  assert near(STEPS_175B, 0.2) == 5 and STEPS_175B[5] == 24_000
   # Tie: 30K is 6K from both 24K and 36K; 30/140 is not exact in float, the rule still
   # picks the earlier checkpoint.
-  assert trends.start_index(STEPS_175B, 30 / 140) == 5
-  assert trends.start_index([0, 10, 20], 0.25) == 0  # 5 is equidistant from 0 and 10
+  assert near(STEPS_175B, 30 / 140) == 5
+  assert near([0, 10, 20], 0.25) == 0  # 5 is equidistant from 0 and 10
+  assert near(STEPS_175B, 0.0) == 0 and near(STEPS_175B, 1.0) == 31
+  res = trends.fit(_random_ppl(len(STEPS_175B), 5), STEPS_175B, 0.2, start_rule="nearest")
+  assert (res.start_index, res.start_step, res.num_points, res.dof) == (5, 24_000.0, 27, 25)
+
+
+def test_start_index_at_or_after_is_the_default_and_the_papers_rule():
+  steps_13b = [s * 1000 for s in range(2, 71, 4)]  # Table 2: 2K, 6K, ..., 70K
+  # 13b/30b at 10% of 70K = 7K: the first checkpoint after it is 10K (nearest would be 6K).
+  assert trends.start_index(steps_13b, 0.1) == 2 and steps_13b[2] == 10_000
+  assert trends.start_index(steps_13b, 0.1, rule="nearest") == 1
+  # 175b at 10% of 140K = 14K: 16K (nearest: 12K and 16K tie, the earlier 12K).
+  assert trends.start_index(STEPS_175B, 0.1) == 3 and STEPS_175B[3] == 16_000
+  assert trends.start_index(STEPS_175B, 0.1, rule="nearest") == 2
+  # 20% of 140K = 28K: 36K (index 6); an exact hit is kept: 1.3b at 26K.
+  assert trends.start_index(STEPS_175B, 0.2) == 6 and STEPS_175B[6] == 36_000
+  assert trends.start_index(STEPS_1P3B, 0.1) == 6
+  # 3/10 × 10 is 3.0000000000000004 in float; checkpoint 3 still counts as "at".
+  assert trends.start_index([0, 1, 2, 3, 4, 10], 0.3) == 3
   assert trends.start_index(STEPS_175B, 0.0) == 0 and trends.start_index(STEPS_175B, 1.0) == 31
   res = trends.fit(_random_ppl(len(STEPS_175B), 5), STEPS_175B, 0.2)
-  assert (res.start_index, res.start_step, res.num_points, res.dof) == (5, 24_000.0, 27, 25)
+  assert (res.start_index, res.start_step, res.num_points) == (6, 36_000.0, 26)
+  with pytest.raises(ValueError, match="start rule must be one of"):
+    trends.start_index(STEPS_175B, 0.1, rule="closest")
 
 
 def test_nan_excluded_and_counted():

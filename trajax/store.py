@@ -21,6 +21,7 @@ import builtins
 import dataclasses
 import json
 import os
+import warnings
 
 import numpy as np
 import tensorstore as ts
@@ -28,6 +29,7 @@ import tensorstore as ts
 from trajax import atomic, faults
 
 PENDING, DONE, FAILED = 0, 1, 2
+VALIDATION = "validation"  # the validation dataset's folder in the store
 # Largest chunk of a logprobs row, in float32 values (64 MiB).
 MAX_CHUNK_VALUES = 16 * 2**20
 
@@ -49,6 +51,10 @@ DATASET_FIELDS = {
     "documents": (_strs, "a list of document names", False),
     "n_predictions": (_int, "an integer >= 0", False),
     "tokenizer_path": (lambda v: isinstance(v, str), "the tokenizer directory used", False),
+    # Validation only: {subset name: [first row, end row)} over the dataset's blocks.
+    "subsets": (lambda v: isinstance(v, dict) and all(
+        isinstance(r, list) and len(r) == 2 and all(map(_int, r)) and r[0] < r[1]
+        for r in v.values()), "an object {subset: [first row, end row]}", False),
 }
 META_FIELDS = {
     "steps": (lambda v: isinstance(v, list) and all(map(_int, v)),
@@ -154,35 +160,81 @@ class ModelRows:
       raise
 
 
+def _open_or_create_dataset(root: str, dataset: dict, tokens_bt: np.ndarray,
+                            mask_bt: np.ndarray) -> None:
+  """A dataset's `dataset.json` + `tokens.npz` under `root`; hashes must match on reopen."""
+  os.makedirs(root, exist_ok=True)
+  meta_path = os.path.join(root, "dataset.json")
+  if os.path.exists(meta_path):
+    old = _read_json(meta_path, DATASET_FIELDS)
+    for key in ("dataset_hash", "tokenizer_hash", "block_shape"):
+      if old.get(key) != dataset.get(key):
+        raise ValueError(f"{meta_path}: this store was written for {key}={old.get(key)!r}, "
+                         f"but this run has {dataset.get(key)!r}; use a new workdir")
+    return
+  with atomic.atomic_open(os.path.join(root, "tokens.npz"), "wb") as f:
+    np.savez(f, tokens=tokens_bt, mask=mask_bt)
+  atomic.write_json(meta_path, dataset)
+
+
+def _rows_arrays(name: str, mdir: str, meta: dict, n_values: int, where: str) -> ModelRows:
+  """A model's logprobs/done arrays in `mdir` (created when absent), shapes checked."""
+  n_ckpt = len(meta["steps"])
+  if os.path.exists(os.path.join(mdir, "done")):
+    rows = ModelRows(name, meta, _zarr(os.path.join(mdir, "logprobs"), "", 0, 0, 0, False),
+                     _zarr(os.path.join(mdir, "done"), "", 0, 0, 0, False))
+    _check_model(where, meta, rows.done)
+    if tuple(rows.logprobs.shape) != (n_ckpt, n_values):
+      raise ValueError(f"{where}: the model's logprobs array in {mdir} has shape "
+                       f"{list(rows.logprobs.shape)}, expected {[n_ckpt, n_values]}; the store "
+                       f"is damaged: use a new workdir")
+    return rows
+  os.makedirs(mdir, exist_ok=True)
+  chunk = min(n_values, MAX_CHUNK_VALUES)
+  # logprobs first, done last: a done array means the logprobs array exists.
+  lp = _zarr(os.path.join(mdir, "logprobs"), "<f4", (n_ckpt, n_values), (1, chunk), "NaN", True)
+  done = _zarr(os.path.join(mdir, "done"), "|i1", (n_ckpt,), (1,), 0, True)
+  return ModelRows(name, meta, lp, done)
+
+
 class Store:
-  """Read/write access to `{workdir}/store`. Use `create` to write, `open` to read."""
-  def __init__(self, root: str, dataset: dict):
+  """Read/write access to `{workdir}/store`. Use `create` to write, `open` to read.
+
+  The analysis dataset (the tokens whose trajectories are studied) lives at the
+  store's root; the validation dataset, when the sweep has one, in `validation/`
+  with the same layout (its own hashes, tokens and per-model rows). Model
+  metadata is shared: `{model}/meta.json` at the root.
+  """
+  def __init__(self, root: str, dataset: dict, validation: dict | None = None):
     self.root = root
     self.dataset = dataset
+    self.validation = validation
 
   @classmethod
-  def create(cls, workdir: str, dataset: dict, tokens_bt: np.ndarray, mask_bt: np.ndarray):
-    """Opens or creates the store; `dataset` holds the hashes that must match on reopen."""
+  def create(cls, workdir: str, dataset: dict, tokens_bt: np.ndarray, mask_bt: np.ndarray,
+             validation: tuple[dict, np.ndarray, np.ndarray] | None = None):
+    """Opens or creates the store; `dataset` holds the hashes that must match on reopen.
+
+    Args:
+      workdir: the store goes to `{workdir}/store`.
+      dataset: the analysis dataset's metadata (`DATASET_FIELDS`).
+      tokens_bt, mask_bt: its token blocks.
+      validation: optional (metadata with `subsets`, tokens, mask) of the
+        validation dataset, scored beside the analysis one.
+    """
     root = os.path.join(workdir, "store")
-    os.makedirs(root, exist_ok=True)
-    meta_path = os.path.join(root, "dataset.json")
-    if os.path.exists(meta_path):
-      old = _read_json(meta_path, DATASET_FIELDS)
-      for key in ("dataset_hash", "tokenizer_hash", "block_shape"):
-        if old.get(key) != dataset.get(key):
-          raise ValueError(f"{meta_path}: this store was written for {key}={old.get(key)!r}, "
-                           f"but this run has {dataset.get(key)!r}; use a new workdir")
-    else:
-      with atomic.atomic_open(os.path.join(root, "tokens.npz"), "wb") as f:
-        np.savez(f, tokens=tokens_bt, mask=mask_bt)
-      atomic.write_json(meta_path, dataset)
-    return cls(root, dataset)
+    _open_or_create_dataset(root, dataset, tokens_bt, mask_bt)
+    if validation is not None:
+      _open_or_create_dataset(os.path.join(root, VALIDATION), *validation)
+    return cls(root, dataset, validation[0] if validation is not None else None)
 
   def model(self, name: str, meta: dict) -> ModelRows:
-    """Opens or creates a model's arrays; `meta['steps']` must match on reopen."""
+    """Opens or creates a model's analysis rows; `meta['steps']` must match on reopen."""
+    if name == VALIDATION:
+      raise ValueError(f"model name {name!r} is reserved for the store's validation dataset; "
+                       f"rename the model in the manifest")
     mdir = os.path.join(self.root, name)
     meta_path = os.path.join(mdir, "meta.json")
-    n_ckpt = len(meta["steps"])
     n_values = int(np.prod(self.dataset["block_shape"]))
     if os.path.exists(meta_path):
       old = _read_json(meta_path, META_FIELDS)
@@ -198,49 +250,63 @@ class Store:
       if refreshed != old:  # e.g. a store written before trajax recorded sizes and FLOPs
         atomic.write_json(meta_path, refreshed)
         old = refreshed
-      rows = ModelRows(name, old, _zarr(os.path.join(mdir, "logprobs"), "", 0, 0, 0, False),
-                       _zarr(os.path.join(mdir, "done"), "", 0, 0, 0, False))
-      _check_model(meta_path, old, rows.done)
-      if tuple(rows.logprobs.shape) != (n_ckpt, n_values):
-        raise ValueError(f"{meta_path}: the model's logprobs array has shape "
-                         f"{list(rows.logprobs.shape)}, expected {[n_ckpt, n_values]}; the store "
-                         f"is damaged: use a new workdir")
-      return rows
-    os.makedirs(mdir, exist_ok=True)
-    chunk = min(n_values, MAX_CHUNK_VALUES)
-    lp = _zarr(os.path.join(mdir, "logprobs"), "<f4", (n_ckpt, n_values), (1, chunk), "NaN", True)
-    done = _zarr(os.path.join(mdir, "done"), "|i1", (n_ckpt,), (1,), 0, True)
+      return _rows_arrays(name, mdir, old, n_values, meta_path)
+    rows = _rows_arrays(name, mdir, dict(meta), n_values, meta_path)
     atomic.write_json(meta_path, dict(meta))  # last: its presence means the arrays exist
-    return ModelRows(name, dict(meta), lp, done)
+    return rows
+
+  def validation_rows(self, name: str, meta: dict) -> ModelRows | None:
+    """A model's validation rows (created when absent), or None without a validation dataset."""
+    if self.validation is None:
+      return None
+    n_values = int(np.prod(self.validation["block_shape"]))
+    return _rows_arrays(f"{VALIDATION}/{name}", os.path.join(self.root, VALIDATION, name), meta,
+                        n_values, os.path.join(self.root, name, "meta.json"))
+
+
+def _read_dataset(root: str) -> tuple[dict, np.ndarray, np.ndarray]:
+  """(dataset.json, tokens, mask) of a dataset folder, every field and shape checked."""
+  meta_path = os.path.join(root, "dataset.json")
+  dataset = _read_json(meta_path, DATASET_FIELDS)
+  shape = tuple(dataset["block_shape"])
+  if "documents" in dataset and len(dataset["documents"]) != shape[0]:
+    raise ValueError(f"{meta_path}: {len(dataset['documents'])} documents for "
+                     f"block_shape {list(shape)}")
+  tokens_path = os.path.join(root, "tokens.npz")
+  try:
+    with np.load(tokens_path) as blocks:
+      tokens, mask = blocks["tokens"], blocks["mask"]
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{tokens_path}: missing; the store is damaged: use a new "
+                            f"workdir") from None
+  except Exception as e:  # noqa: BLE001  np.load raises BadZipFile, EOFError, KeyError...
+    raise ValueError(f"{tokens_path}: cannot be read ({type(e).__name__}: {e}); the store is "
+                     f"damaged: use a new workdir") from None
+  if (tokens.shape != shape or mask.shape != shape or tokens.dtype.kind not in "iu" or
+      mask.dtype != bool):
+    raise ValueError(f"{tokens_path}: tokens {tokens.dtype}{list(tokens.shape)} and "
+                     f"mask {mask.dtype}{list(mask.shape)}, expected integer tokens "
+                     f"and a bool mask of block_shape {list(shape)} from {meta_path}")
+  return dataset, tokens, mask
 
 
 class StoreReader:
   """Read-only view for notebooks and the analyses (`trajax.store.open`)."""
   def __init__(self, workdir: str):
     self.root = os.path.join(workdir, "store")
-    meta_path = os.path.join(self.root, "dataset.json")
-    if not os.path.exists(meta_path):
-      raise FileNotFoundError(f"{meta_path}: no trajax store in {workdir!r}")
-    self.dataset = _read_json(meta_path, DATASET_FIELDS)
-    shape = tuple(self.dataset["block_shape"])
-    if "documents" in self.dataset and len(self.dataset["documents"]) != shape[0]:
-      raise ValueError(f"{meta_path}: {len(self.dataset['documents'])} documents for "
-                       f"block_shape {list(shape)}")
-    tokens_path = os.path.join(self.root, "tokens.npz")
-    try:
-      with np.load(tokens_path) as blocks:
-        self.tokens, self.mask = blocks["tokens"], blocks["mask"]
-    except FileNotFoundError:
-      raise FileNotFoundError(f"{tokens_path}: missing; the store is damaged: use a new "
-                              f"workdir") from None
-    except Exception as e:  # noqa: BLE001  np.load raises BadZipFile, EOFError, KeyError...
-      raise ValueError(f"{tokens_path}: cannot be read ({type(e).__name__}: {e}); the store is "
-                       f"damaged: use a new workdir") from None
-    if (self.tokens.shape != shape or self.mask.shape != shape or
-        self.tokens.dtype.kind not in "iu" or self.mask.dtype != bool):
-      raise ValueError(f"{tokens_path}: tokens {self.tokens.dtype}{list(self.tokens.shape)} and "
-                       f"mask {self.mask.dtype}{list(self.mask.shape)}, expected integer tokens "
-                       f"and a bool mask of block_shape {list(shape)} from {meta_path}")
+    if not os.path.exists(os.path.join(self.root, "dataset.json")):
+      raise FileNotFoundError(f"{os.path.join(self.root, 'dataset.json')}: no trajax store in "
+                              f"{workdir!r}")
+    self.dataset, self.tokens, self.mask = _read_dataset(self.root)
+    vroot = os.path.join(self.root, VALIDATION)
+    self.validation = None
+    if os.path.exists(os.path.join(vroot, "dataset.json")):
+      self.validation = _read_json(os.path.join(vroot, "dataset.json"), DATASET_FIELDS)
+      n_rows = self.validation["block_shape"][0]
+      for name, (lo, hi) in self.validation.get("subsets", {}).items():
+        if hi > n_rows:
+          raise ValueError(f"{os.path.join(vroot, 'dataset.json')}: subset {name!r} ends at row "
+                           f"{hi}, past the dataset's {n_rows} rows")
     self._meta = {}
     for name in sorted(os.listdir(self.root)):
       path = os.path.join(self.root, name, "meta.json")
@@ -269,19 +335,44 @@ class StoreReader:
   def tokens_seen(self, model: str) -> np.ndarray:
     return self.steps(model) * int(self.meta(model)["tokens_per_step"])
 
-  def status(self, model: str) -> np.ndarray:
+  def _dir(self, model: str, dataset: str) -> str:
     self.meta(model)
-    return _zarr(os.path.join(self.root, model, "done"), "", 0, 0, 0, False).read().result()
+    if dataset == "analysis":
+      return os.path.join(self.root, model)
+    if dataset == VALIDATION and self.validation is not None:
+      return os.path.join(self.root, VALIDATION, model)
+    raise ValueError(f"{self.root}: no dataset {dataset!r}; datasets: {self.datasets}")
 
-  def logprobs(self, model: str, done_only: bool = True) -> np.ndarray:
+  @property
+  def datasets(self) -> list[str]:
+    """"analysis" (the studied tokens), and "validation" when the sweep scored one."""
+    return ["analysis"] + ([VALIDATION] if self.validation is not None else [])
+
+  @property
+  def validation_subsets(self) -> list[str]:
+    return sorted((self.validation or {}).get("subsets", {}))
+
+  def status(self, model: str, dataset: str = "analysis") -> np.ndarray:
+    """[checkpoint] int8 flags (PENDING, DONE, FAILED) of `model`'s rows in `dataset`."""
+    mdir = self._dir(model, dataset)
+    if not os.path.exists(os.path.join(mdir, "done")):  # validation added after this model
+      return np.zeros(len(self.meta(model)["steps"]), np.int8)
+    return _zarr(os.path.join(mdir, "done"), "", 0, 0, 0, False).read().result()
+
+  def logprobs(self, model: str, done_only: bool = True, dataset: str = "analysis") -> np.ndarray:
     """[checkpoint, rows * block_len] float32 (rows of unfinished checkpoints dropped).
 
     Token index k is block row k // block_len, position k % block_len. Safe while a
     sweep is writing: the done flags are read before the rows, and a writer sets a
     flag only after its row is on disk, so every row returned is complete.
     """
-    done = self.status(model) == DONE  # flags first (see above)
-    lp = _zarr(os.path.join(self.root, model, "logprobs"), "", 0, 0, 0, False).read().result()
+    done = self.status(model, dataset) == DONE  # flags first (see above)
+    mdir = self._dir(model, dataset)
+    if not os.path.exists(os.path.join(mdir, "done")):
+      n_values = int(np.prod((self.validation or self.dataset)["block_shape"]))
+      lp = np.full((done.shape[0], n_values), np.nan, np.float32)
+    else:
+      lp = _zarr(os.path.join(mdir, "logprobs"), "", 0, 0, 0, False).read().result()
     return lp[done] if done_only else lp
 
   @property
@@ -321,10 +412,41 @@ class StoreReader:
     flops_c = np.asarray(by_method[method], np.float64)
     return flops_c[self.status(model) == DONE] if done_only else flops_c
 
-  def valid_ppl(self, model: str) -> np.ndarray:
-    """exp(mean NLL over all scored tokens), per done checkpoint."""
-    lp = self.logprobs(model)
-    return np.exp(-np.nanmean(lp.astype(np.float64), axis=1))
+  @property
+  def valid_ppl_source(self) -> str:
+    """Which tokens `valid_ppl` averages: "validation", or "analysis" in a store without one."""
+    return VALIDATION if self.validation is not None else "analysis"
+
+  def valid_ppl(self, model: str, subset: str | None = None) -> np.ndarray:
+    """Validation perplexity per done (analysis) checkpoint: exp(mean NLL over its tokens).
+
+    With a validation dataset: over every scored token of its subsets together
+    (token-weighted; the paper aggregates OPT's validation subsets), or of one
+    `subset`; NaN for a checkpoint whose validation row is not done yet. Without
+    one (stores of older runs, or sweeps given no validation data) it falls back
+    to the analysis tokens themselves, which makes plots against validation PPL
+    circular: `valid_ppl_source` says which.
+    """
+    done = self.status(model) == DONE
+    if self.validation is None:
+      if subset is not None:
+        raise ValueError(f"{self.root}: no validation dataset, so no subset {subset!r}")
+      lp = self.logprobs(model)
+    else:
+      vdone = self.status(model, VALIDATION) == DONE
+      lp = self.logprobs(model, done_only=False, dataset=VALIDATION)
+      if subset is not None:
+        subsets = self.validation.get("subsets", {})
+        if subset not in subsets:
+          raise ValueError(f"{self.root}: no validation subset {subset!r}; subsets: "
+                           f"{sorted(subsets)}")
+        lo, hi = subsets[subset]
+        block_len = self.validation["block_shape"][1]
+        lp = lp[:, lo * block_len:hi * block_len]
+      lp = np.where(vdone[:, None], lp, np.nan)[done]
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+      warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: NaN, said in the doc
+      return np.exp(-np.nanmean(lp.astype(np.float64), axis=1))
 
 
 def open(workdir: str) -> StoreReader:  # pylint: disable=redefined-builtin

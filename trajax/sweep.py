@@ -7,6 +7,7 @@ approaches max(read, compute) rather than their sum; the log reports both.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import time
 
@@ -29,6 +30,64 @@ def prepare_blocks(config, tokenizer) -> data.Blocks:
   logging.info("data: %d blocks x %d tokens, %d context-token pairs", *blocks.tokens.shape,
                blocks.n_predictions)
   return blocks
+
+
+def parse_subsets(spec: str) -> list[tuple[str, str]]:
+  """"name=glob,..." -> [(name, glob)]; a bare glob gives one subset per matching file.
+
+  Names must be unique; a glob that matches nothing is an error naming it.
+  """
+  out = []
+  for entry in (e.strip() for e in spec.split(",")):
+    if not entry:
+      continue
+    if "=" in entry:
+      name, pattern = (x.strip() for x in entry.split("=", 1))
+      if not name or not pattern:
+        raise ValueError(f"config.validation.files: {entry!r} is not 'name=glob'")
+      out.append((name, pattern))
+      continue
+    paths = sorted(glob.glob(entry))
+    if not paths:
+      raise ValueError(f"config.validation.files: {entry!r} matches no file")
+    out += [(os.path.splitext(os.path.basename(p))[0], p) for p in paths]
+  names = [n for n, _ in out]
+  dup = sorted({n for n in names if names.count(n) > 1})
+  if dup:
+    raise ValueError(f"config.validation.files: subset name(s) {dup} given twice")
+  return out
+
+
+def prepare_validation(config, tokenizer) -> tuple[data.Blocks, dict[str, list[int]]] | None:
+  """The validation blocks of every subset in `config.validation`, and {subset: [lo, hi)} rows.
+
+  None when `config.validation.files` is empty.
+  """
+  v = config.get("validation")
+  if v is None or not v.files:
+    return None
+  parts, subsets, row = [], {}, 0
+  for name, pattern in parse_subsets(v.files):
+    docs = data.read_documents(pattern, text_key=v.text_key, gutenberg=v.gutenberg,
+                               log=logging.info)
+    b = data.make_blocks(docs, tokenizer, block_len=v.block_len or config.data.block_len,
+                         max_docs=v.max_docs or None, min_tokens=config.data.min_tokens)
+    parts.append(b)
+    subsets[name] = [row, row + b.tokens.shape[0]]
+    row += b.tokens.shape[0]
+    logging.info("validation subset %s: %d blocks, %d context-token pairs", name, b.tokens.shape[0],
+                 b.n_predictions)
+  blocks = data.Blocks(np.concatenate([b.tokens for b in parts]),
+                       np.concatenate([b.mask for b in parts]), [n for b in parts for n in b.names])
+  return blocks, subsets
+
+
+def _dataset_meta(blocks: data.Blocks, tokenizer, tok_path: str, **extra) -> dict:
+  return {
+      "dataset_hash": blocks.hash(), "tokenizer_hash": data.tokenizer_hash(tokenizer),
+      "block_shape": list(blocks.tokens.shape), "documents": blocks.names,
+      "n_predictions": blocks.n_predictions, "tokenizer_path": os.path.abspath(tok_path), **extra
+  }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,27 +144,42 @@ def run(config, workdir: str, timings: list | None = None) -> store.StoreReader:
   tok_path = config.tokenizer or traj.models[0].checkpoints[0].path
   tokenizer = checkpoints.load_tokenizer(tok_path)
   blocks = prepare_blocks(config, tokenizer)
-  _check_vocab(traj, blocks, tok_path)
+  validation = prepare_validation(config, tokenizer)
+  if validation is None:
+    logging.warning("no validation data (config.validation.files): validation PPL will be "
+                    "measured on the analysed tokens themselves, which makes plots against it "
+                    "circular")
+  for b in (blocks, *(validation[:1] if validation else ())):
+    _check_vocab(traj, b, tok_path)
+  datasets = {
+      "analysis": _dataset_meta(blocks, tokenizer, tok_path), store.VALIDATION: (_dataset_meta(
+          validation[0], tokenizer, tok_path, subsets=validation[1]) if validation else None)
+  }
+  args = (config, workdir, traj, datasets, blocks, validation and validation[0], timings)
   if not _is_writer():
-    return _run_locked(config, workdir, traj, tokenizer, tok_path, blocks, timings)
-  with workdir_lib.claim(workdir, need_bytes=_bytes_to_write(workdir, traj, blocks)):
-    return _run_locked(config, workdir, traj, tokenizer, tok_path, blocks, timings)
+    return _run_locked(*args)
+  need = _bytes_to_write(workdir, traj, blocks, validation and validation[0])
+  with workdir_lib.claim(workdir, need_bytes=need):
+    return _run_locked(*args)
 
 
-def _bytes_to_write(workdir: str, traj, blocks) -> int:
+def _bytes_to_write(workdir: str, traj, blocks, validation_blocks) -> int:
   """Bytes of the rows this run still has to write (a resumed run skips done rows)."""
-  row_bytes = blocks.tokens.size * 4
+  sizes = {"analysis": blocks.tokens.size * 4}
+  if validation_blocks is not None:
+    sizes[store.VALIDATION] = validation_blocks.tokens.size * 4
   try:
     reader = store.open(workdir)
   except (OSError, ValueError):  # no store yet (or an unreadable one, reported when opened)
-    return row_bytes * sum(len(m.checkpoints) for m in traj.models)
-  todo = 0
+    return sum(sizes.values()) * sum(len(m.checkpoints) for m in traj.models)
+  total = 0
   for m in traj.models:
-    try:
-      todo += int((reader.status(m.name) != store.DONE).sum())
-    except (KeyError, OSError, ValueError):
-      todo += len(m.checkpoints)
-  return row_bytes * todo
+    for dataset, row_bytes in sizes.items():
+      try:
+        total += row_bytes * int((reader.status(m.name, dataset) != store.DONE).sum())
+      except (KeyError, OSError, ValueError):
+        total += row_bytes * len(m.checkpoints)
+  return total
 
 
 def _check_vocab(traj, blocks, tok_path):
@@ -122,14 +196,14 @@ def _check_vocab(traj, blocks, tok_path):
                        f"tokenizer at {tok_path} needs (data has token id {max_id})")
 
 
-def _run_locked(config, workdir, traj, tokenizer, tok_path, blocks, timings) -> store.StoreReader:
-  dataset = {
-      "dataset_hash": blocks.hash(), "tokenizer_hash": data.tokenizer_hash(tokenizer),
-      "block_shape": list(blocks.tokens.shape), "documents": blocks.names,
-      "n_predictions": blocks.n_predictions, "tokenizer_path": os.path.abspath(tok_path)
-  }
-  st = _writer_first("store created",
-                     lambda: store.Store.create(workdir, dataset, blocks.tokens, blocks.mask))
+def _run_locked(config, workdir, traj, datasets, blocks, validation_blocks,
+                timings) -> store.StoreReader:
+  validation = None
+  if validation_blocks is not None:
+    validation = (datasets[store.VALIDATION], validation_blocks.tokens, validation_blocks.mask)
+  st = _writer_first(
+      "store created", lambda: store.Store.create(workdir, datasets["analysis"], blocks.tokens,
+                                                  blocks.mask, validation=validation))
   checkpoint_stream = stream.CheckpointStream(config.dtype, config.mesh_shape,
                                               config.get("prefetch", True),
                                               config.head_chunk_tokens)
@@ -141,9 +215,16 @@ def _run_locked(config, workdir, traj, tokenizer, tok_path, blocks, timings) -> 
   for m in traj.models:
     meta = model_meta(m, config.get("seq_len", 0))
     rows = _writer_first(f"model {m.name} opened", lambda: st.model(m.name, meta))
-    pending = [i for i, s in enumerate(rows.status()) if s != store.DONE]
+    vrows = _writer_first(f"model {m.name} validation opened",
+                          lambda: st.validation_rows(m.name, rows.meta))
+    # A checkpoint is done when its row of every dataset is.
+    pending = [
+        i for i, s in enumerate(rows.status())
+        if s != store.DONE or (vrows is not None and vrows.status()[i] != store.DONE)
+    ]
     logging.info("model %s: %d checkpoints, %d to score", m.name, len(m.checkpoints), len(pending))
-    model_failed, timing = _sweep_model(config, blocks, checkpoint_stream, m, rows, pending)
+    jobs = [(rows, blocks)] + ([(vrows, validation_blocks)] if vrows is not None else [])
+    model_failed, timing = _sweep_model(config, jobs, checkpoint_stream, m, pending)
     failed += model_failed
     if timing is not None and timings is not None:
       timings.append(timing)
@@ -178,17 +259,19 @@ def model_meta(m: trajectory.Model, seq_len: int = 0) -> dict:
   return meta
 
 
-def _sweep_model(config, blocks, checkpoint_stream, m, rows,
+def _sweep_model(config, jobs, checkpoint_stream, m,
                  pending) -> tuple[list[str], SweepTiming | None]:
   """Scores `pending` checkpoints of model `m` from the stream (next read while this scores).
 
+  `jobs` is [(rows, blocks)] for the analysis dataset, then the validation one
+  when there is one; a checkpoint's row of a dataset already done is not rescored.
   With `config.prefetch` off, each checkpoint is read only once the previous one
   is written (the sequential baseline `bench/sweep_bench.py` compares against).
   Returns the failed checkpoints ("model@step") and the model's timing.
   """
   failed = []
   t_start, read_s, compute_s, read_bytes = time.perf_counter(), 0.0, 0.0, 0
-  predicted = blocks.mask[:, 1:] & blocks.mask[:, :-1]
+  n_predictions = sum(b.n_predictions for _, b in jobs)
   items = [(i, m.checkpoints[i].path) for i in pending]
   for n, loaded in enumerate(checkpoint_stream.iterate(items)):
     i = loaded.key
@@ -199,20 +282,28 @@ def _sweep_model(config, blocks, checkpoint_stream, m, rows,
       t0 = time.perf_counter()
       scorer = checkpoint_stream.scorer(loaded.model)
       loaded.model = None  # the scorer holds the weights now
-      lp = scorer.score_blocks(blocks.tokens, blocks.mask, batch_size=config.batch_size)
-      if not np.isfinite(lp[:, 1:][predicted]).all():
-        raise FloatingPointError(f"{ckpt.path}: scoring produced NaN or Inf log-probs for real "
-                                 f"tokens; nothing was written for this checkpoint")
+      results = []  # (rows, log-probs) of every dataset whose row is not done yet
+      for rows, blocks in jobs:
+        if rows.status()[i] == store.DONE:
+          continue
+        lp = scorer.score_blocks(blocks.tokens, blocks.mask, batch_size=config.batch_size)
+        predicted = blocks.mask[:, 1:] & blocks.mask[:, :-1]
+        if not np.isfinite(lp[:, 1:][predicted]).all():
+          raise FloatingPointError(f"{ckpt.path}: scoring produced NaN or Inf log-probs for "
+                                   f"real tokens; nothing was written for this checkpoint")
+        results.append((rows, lp))
     except (OSError, ValueError, FloatingPointError) as e:
       if config.on_error != "continue":
         raise
       logging.error("%s step %d: FAILED (%s)", m.name, ckpt.step, e)
       if _is_writer():
-        rows.mark_failed(i)
+        for rows, _ in jobs:
+          rows.mark_failed(i)
       failed.append(f"{m.name}@{ckpt.step}")
       continue
-    if _is_writer():
-      rows.write(i, lp)
+    if _is_writer():  # validation first: an analysis row marked done has its validation row
+      for rows, lp in reversed(results):
+        rows.write(i, lp)
     _sync(f"{m.name} step {ckpt.step} written")
     dt = time.perf_counter() - t0
     n_bytes = loaded.read_bytes
@@ -221,12 +312,11 @@ def _sweep_model(config, blocks, checkpoint_stream, m, rows,
     compute_s += dt
     elapsed = time.perf_counter() - t_start
     eta = elapsed / (n + 1) * (len(pending) - n - 1)
-    ppl = float(np.exp(-np.nanmean(lp.astype(np.float64))))
+    ppl = float(np.exp(-np.nanmean(results[-1][1].astype(np.float64)))) if results else np.nan
     logging.info(
         "%s step %d: valid PPL %.3f | %.0f tok/s | read %.1fs, %.0f MB/s (waited "
-        "%.1fs) | %d/%d, ETA %.0fs", m.name, ckpt.step, ppl, blocks.n_predictions / dt,
-        loaded.read_s, n_bytes / 1e6 / max(loaded.read_s, 1e-9), loaded.wait_s, n + 1, len(pending),
-        eta)
+        "%.1fs) | %d/%d, ETA %.0fs", m.name, ckpt.step, ppl, n_predictions / dt, loaded.read_s,
+        n_bytes / 1e6 / max(loaded.read_s, 1e-9), loaded.wait_s, n + 1, len(pending), eta)
   if not pending:
     return failed, None
   timing = SweepTiming(m.name, len(pending),

@@ -1,8 +1,8 @@
 """Token-level perplexity trends along a training trajectory (Xia et al. 2023, §3).
 
 For every context-token pair ("series") we have per-token perplexities at the
-checkpoints m_1..m_n of one model. From the start checkpoint j (the one at or
-nearest p% of training) to the last one, the paper fits, per series,
+checkpoints m_1..m_n of one model. From the start checkpoint j (the first at or
+after p% of training, `start_index`) to the last one, the paper fits, per series,
 
     PPL_i / PPL_j = α + β·x_i,   i = j..n,                              (Eq. 1)
 
@@ -59,6 +59,7 @@ _BAND_LOG_TOL = 1e-12
 # cache-sized chunks were fastest in bench/trends_bench.py (2-core CPU).
 DEFAULT_CHUNK_SIZE = 16384
 X_MODES = ("index", "log_step")
+START_RULES = ("at_or_after", "nearest")
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
@@ -135,21 +136,22 @@ def _check_steps(steps, num_checkpoints: int) -> np.ndarray:
   return steps
 
 
-def start_index(steps: Sequence[float], start_fraction: float,
-                total_steps: float | None = None) -> int:
-  """Index j of the checkpoint at or nearest to start_fraction × total_steps.
-
-    Tie rule: when two checkpoints are equally near (within 1e-9 × total_steps,
-    to absorb float rounding of the product), the EARLIER one is taken, so the
-    window keeps the extra point.
+def start_index(steps: Sequence[float], start_fraction: float, total_steps: float | None = None,
+                rule: str = "at_or_after") -> int:
+  """Index j of the checkpoint where the trend window starts, p = start_fraction of training.
 
     Args:
       steps: [checkpoint] training steps, strictly increasing (uneven spacing,
         as Table 2, is fine).
       start_fraction: p in [0, 1], the fraction of training.
       total_steps: the step that counts as 100%; defaults to steps[-1], the
-        final checkpoint. Pass Table 2's "# Steps" to measure p against the
-        nominal training length instead.
+        last evaluated checkpoint. Pass Table 2's "# Steps" to measure p against
+        the nominal training length instead.
+      rule: "at_or_after" (the paper, §3: "starting from any intermediate
+        checkpoint after p% of training"): the first checkpoint at or after
+        p × total_steps; or "nearest": the checkpoint nearest to it, the earlier
+        one on a tie (13B/30B at 10% of 70K then start at 6K, 175B at 12K).
+        Both absorb float rounding of the product (1e-9 × total_steps).
 
     Returns:
       j, a 0-based index into `steps`.
@@ -159,9 +161,15 @@ def start_index(steps: Sequence[float], start_fraction: float,
     raise ValueError(f"steps must be a non-empty 1-D sequence, got shape {steps.shape}")
   if not 0.0 <= start_fraction <= 1.0:
     raise ValueError(f"start_fraction must be in [0, 1], got {start_fraction}")
+  if rule not in START_RULES:
+    raise ValueError(f"start rule must be one of {START_RULES}, got {rule!r}")
   total = float(steps[-1] if total_steps is None else total_steps)
-  dist = np.abs(steps - start_fraction * total)
-  return int(np.flatnonzero(dist <= dist.min() + 1e-9 * abs(total))[0])
+  target, tol = start_fraction * total, 1e-9 * abs(total)
+  if rule == "at_or_after":
+    after = np.flatnonzero(steps >= target - tol)
+    return int(after[0]) if after.size else steps.shape[0] - 1
+  dist = np.abs(steps - target)
+  return int(np.flatnonzero(dist <= dist.min() + tol)[0])
 
 
 def _regressor(x: str, steps_window: np.ndarray) -> np.ndarray:
@@ -176,7 +184,8 @@ def _regressor(x: str, steps_window: np.ndarray) -> np.ndarray:
 
 
 def fit(ppl_cn, steps: Sequence[float], start_fraction: float, x: str = "index",
-        chunk_size: int = DEFAULT_CHUNK_SIZE, total_steps: float | None = None) -> TrendFit:
+        chunk_size: int = DEFAULT_CHUNK_SIZE, total_steps: float | None = None,
+        start_rule: str = "at_or_after") -> TrendFit:
   """Fits Eq. 1 to every series and assigns the paper's trend categories.
 
     The window is checkpoints j..n (0-based j = `start_index(steps,
@@ -204,6 +213,7 @@ def fit(ppl_cn, steps: Sequence[float], start_fraction: float, x: str = "index",
       chunk_size: series per chunk; peak extra memory ≈ 2 × chunk_size ×
         num_points × 8 bytes plus the [series] outputs.
       total_steps: step counted as 100% of training (default: steps[-1]).
+      start_rule: how p picks the start checkpoint (see `start_index`).
 
     Returns:
       A `TrendFit`.
@@ -219,7 +229,7 @@ def fit(ppl_cn, steps: Sequence[float], start_fraction: float, x: str = "index",
   steps = _check_steps(steps, num_ckpt)
   if chunk_size < 1:
     raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-  j = start_index(steps, start_fraction, total_steps)
+  j = start_index(steps, start_fraction, total_steps, start_rule)
   m = num_ckpt - j
   if m < 3:
     raise ValueError(
@@ -296,11 +306,12 @@ def _rowsum(a_mc: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
 
 def shares_vs_start(ppl_cn, steps: Sequence[float], fractions: Sequence[float] = DEFAULT_FRACTIONS,
                     x: str = "index", chunk_size: int = DEFAULT_CHUNK_SIZE,
-                    total_steps: float | None = None) -> dict[str, np.ndarray]:
+                    total_steps: float | None = None,
+                    start_rule: str = "at_or_after") -> dict[str, np.ndarray]:
   """Percentage of tokens in each category against the start fraction (Fig. 2).
 
     Args:
-      ppl_cn, steps, x, chunk_size, total_steps: as in `fit`.
+      ppl_cn, steps, x, chunk_size, total_steps, start_rule: as in `fit`.
       fractions: start fractions p, one fit each.
 
     Returns:
@@ -312,7 +323,8 @@ def shares_vs_start(ppl_cn, steps: Sequence[float], fractions: Sequence[float] =
   out: dict[str,
             list] = {k: [] for k in ("fraction", "start_index", "start_step", *keys, "n_excluded")}
   for frac in fractions:
-    res = fit(ppl_cn, steps, frac, x=x, chunk_size=chunk_size, total_steps=total_steps)
+    res = fit(ppl_cn, steps, frac, x=x, chunk_size=chunk_size, total_steps=total_steps,
+              start_rule=start_rule)
     shares = res.shares()
     out["fraction"].append(float(frac))
     out["start_index"].append(res.start_index)
