@@ -9,15 +9,11 @@ import pytest
 
 from trajax import store
 from trajax.toy import study
-from conftest import ROOT
 
 
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("toy_config", ROOT / "configs" / "toy.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
+  from configs import toy as mod
   workdir = str(tmp_path_factory.mktemp("study"))
   report = study.run(mod.get_config("tiny"), workdir)
   return workdir, report, mod
