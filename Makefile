@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Everything yapf formats (style in .style.yapf: Google style, 2-space indentation).
 FORMATTED := trajax tests launch configs bench setup.py
 
-.PHONY: demo test install format check-format bench clean
+.PHONY: demo test install format check-format chromium bench clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,18 @@ check-format: $(STAMP)
 	  { cat .yapf.diff; rm -f .yapf.diff; echo "These files are not formatted: run 'make format'."; exit 1; }
 	@rm -f .yapf.diff
 
-test: check-format
+# tests/test_report.py renders the report in headless Chromium (/usr/bin/chromium). As root with
+# apt-get, it is installed when missing; otherwise that test fails and says how to install it.
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium (tests/test_report.py renders the report in it)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "/usr/bin/chromium is missing: tests/test_report.py will fail; install it with 'sudo apt-get install -y chromium'"; \
+	  fi; }
+
+test: check-format chromium
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests
 
 clean:

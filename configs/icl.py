@@ -1,43 +1,9 @@
-"""BIG-bench 2-shot evaluation of every checkpoint: `launch/icl.py --config=configs/icl.py`."""
-import ml_collections
+"""BIG-bench 2-shot evaluation of every checkpoint: `launch/icl.py --config=configs/icl.py`.
+
+The fields, one comment each, are in `trajax.stage_configs.icl`.
+"""
+from trajax import stage_configs
 
 
 def get_config():
-  config = ml_collections.ConfigDict()
-  # Trajectory manifest (JSON; see trajax/trajectory.py).
-  config.trajectory = ""
-  # Permit checkpoint paths outside the manifest's root directory.
-  config.allow_outside_root = False
-  # BIG-bench benchmark_tasks-like directory: one <task>/task.json per task.
-  config.tasks_dir = ""
-  # Tasks to evaluate (names of sub-directories of tasks_dir); empty = all of them.
-  config.task_names = ()
-  # In-context examples per prompt (the paper: 2).
-  config.shots = 2
-  # Seeds the shot draws and the appended-choice permutation; same seed, same prompts.
-  config.seed = 42
-  # Queries per task drawn at random, split over subtasks as BIG-bench does; 0 = all (default set).
-  config.max_examples = 0
-  # Option score for the prediction: log-prob divided by "tokens" (the paper), "chars",
-  # "bytes", or "none" (raw sum).
-  config.normalization = "tokens"
-  # Option rows (prompt + option sequences) per jitted call.
-  config.batch_size = 16
-  # Padded lengths are multiples of this (one compile per length per architecture); 16 wastes
-  # less padding than 64 and was 1.8x faster warm in bench/icl_bench.py (CPU, 2-shot prompts).
-  config.pad_to_multiple = 16
-  # Rows per chunk of the fused LM head (bounds the [chunk, vocab] float32 block); 0 = the
-  # backend default (128 on CPU, 2048 on GPU/TPU).
-  config.head_chunk_tokens = 0
-  # Tokenizer directory; empty = the first checkpoint's directory.
-  config.tokenizer = ""
-  # Workdir of a scored store (launch/score.py) for validation PPL; empty = --workdir.
-  # Without a store the figures against validation PPL are skipped (FLOPs only).
-  config.store_dir = ""
-  # Parameter dtype: "float32" or "bfloat16" (log-softmax is always float32).
-  config.dtype = "float32"
-  # Training FLOPs: "palm" (6N + 12LHQT per token, Chowdhery et al. 2022, the paper) or "6nd".
-  config.flops_method = "palm"
-  # T of the PaLM formula (training sequence length); 0 = max_position_embeddings.
-  config.seq_len = 0
-  return config
+  return stage_configs.icl()

@@ -3,20 +3,9 @@
 `launch/study.py --config=configs/toy.py --workdir=out` (the full demo), or
 `--config=configs/toy.py:tiny` (seconds; what the tests run).
 """
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _stage_config(name: str):
-  """The default config of a stage (`configs/{name}.py`), loaded by path."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"trajax_configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
+from trajax import stage_configs
 
 PRESETS = ("full", "tiny")
 
@@ -88,16 +77,16 @@ def get_config(preset: str = "full"):
 
   # The later stages: each stage's own default config, with what differs for the toy study.
   # Paths (trajectory, tokenizer, data, tasks) are filled in by trajax.toy.study.wire.
-  config.score = _stage_config("score")
+  config.score = stage_configs.score()
   # Validation blocks are whole documents' first seq_len tokens (the models' context).
   config.score.data.block_len = config.train.seq_len
   config.score.data.gutenberg = False
   config.score.data.max_docs = 0
   config.score.batch_size = 8
 
-  config.trends = _stage_config("trends")
+  config.trends = stage_configs.trends()
 
-  config.decode = _stage_config("decode")
+  config.decode = stage_configs.decode()
   config.decode.data.gutenberg = False
   # Prompts from the first validation documents (paper: 5 tokens, 50 new tokens).
   config.decode.data.max_docs = 16
@@ -106,7 +95,7 @@ def get_config(preset: str = "full"):
   # Corrupted sequences must fit the context with BOS (paper: 100 tokens).
   config.decode.corrupted.max_length = min(100, config.train.seq_len - 1)
 
-  config.icl = _stage_config("icl")
+  config.icl = stage_configs.icl()
   config.icl.batch_size = 16
 
   if preset == "tiny":

@@ -96,3 +96,16 @@ def sweep_inputs(tmp_path, tiny_ckpt, n_ckpts):
   for i in range(8):
     (docs / f"{i}.txt").write_text(f"Document {i}. " + "The river runs past the old mill. " * 40)
   return write_manifest(str(tmp_path / "traj.json"), {"m": (100, ckpts)}), str(docs / "*.txt")
+
+
+@pytest.fixture(scope="session")
+def toy_study(tmp_path_factory):
+  """The tiny toy study run once per session (tests/test_study.py, tests/test_report.py).
+
+  Returns:
+    (workdir, report path, the configs/toy.py module).
+  """
+  from configs import toy
+  from trajax.toy import study
+  workdir = str(tmp_path_factory.mktemp("study"))
+  return workdir, study.run(toy.get_config("tiny"), workdir), toy

@@ -5,26 +5,13 @@ import os
 import re
 
 import numpy as np
-import pytest
 
 from trajax import store
 from trajax.toy import study
-from conftest import ROOT
 
 
-@pytest.fixture(scope="module")
-def study_dir(tmp_path_factory):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("toy_config", ROOT / "configs" / "toy.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  workdir = str(tmp_path_factory.mktemp("study"))
-  report = study.run(mod.get_config("tiny"), workdir)
-  return workdir, report, mod
-
-
-def test_report_embeds_every_figure_non_empty(study_dir):
-  workdir, report, _ = study_dir
+def test_report_embeds_every_figure_non_empty(toy_study):
+  workdir, report, _ = toy_study
   page = open(report, encoding="utf-8").read()
   images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', page)
   names = {n for n, _ in images}
@@ -40,8 +27,8 @@ def test_report_embeds_every_figure_non_empty(study_dir):
   assert "srcdoc=" in page and "Table 1" in page
 
 
-def test_larger_models_reach_lower_validation_ppl(study_dir):
-  workdir, _, _ = study_dir
+def test_larger_models_reach_lower_validation_ppl(toy_study):
+  workdir, _, _ = toy_study
   summary = json.load(open(os.path.join(workdir, "trends", "summary.json")))
   finals = [summary["final_valid_ppl"][m] for m in summary["models"]]
   assert finals[-1] < finals[0]
@@ -61,8 +48,8 @@ def summary_ppl(workdir, model):
   return np.array([float(r["valid_ppl"]) for r in rows])
 
 
-def test_rerun_resumes_without_redoing_work(study_dir, monkeypatch):
-  workdir, report, mod = study_dir
+def test_rerun_resumes_without_redoing_work(toy_study, monkeypatch):
+  workdir, report, mod = toy_study
   from trajax import scoring
   calls = []
   real = scoring.Scorer.__call__

@@ -95,7 +95,7 @@ def load_models(reader: store.StoreReader, method: str = "palm") -> list[ModelTr
         ModelTrajectory(
             name=name, n_params=n_params, steps_c=steps_c,
             tokens_seen_c=flops.tokens_seen(steps_c, int(reader.meta(name)["tokens_per_step"])),
-            flops_c=flops_c, valid_ppl_c=trends.validation_ppl(lp_cn),
+            flops_c=flops_c, valid_ppl_c=reader.valid_ppl(name),
             ppl_cn=trends.ppl_from_logprobs(lp_cn)))
     logging.info("model %s: N=%d, %d done checkpoints, final valid PPL %.4f", name, n_params,
                  steps_c.shape[0], out[-1].valid_ppl_c[-1])
@@ -112,7 +112,8 @@ def _fit(model: ModelTrajectory, fraction: float, config) -> FitSummary | None:
         "model %s: start fraction %g selects step %d, leaving %d point(s) in the "
         "window (< 3): skipped", model.name, fraction, model.steps_c[j], model.steps_c.shape[0] - j)
     return None
-  res = trends.fit(model.ppl_cn, model.steps_c, fraction, x=config.x, chunk_size=config.chunk_size)
+  res = trends.fit(model.ppl_cn, model.steps_c, fraction, x=config.x, chunk_size=config.chunk_size,
+                   start_rule=config.start_rule)
   return FitSummary(res.category, res.shares(), res.start_index, res.start_step, res.n_excluded)
 
 
@@ -142,6 +143,9 @@ def _write_checkpoints_csv(path: str, models: list[ModelTrajectory]) -> None:
 
 
 def _check_config(config) -> None:
+  if config.start_rule not in trends.START_RULES:
+    raise ValueError(f"config.start_rule must be one of {trends.START_RULES}, got "
+                     f"{config.start_rule!r}")
   if config.x not in trends.X_MODES:
     raise ValueError(f"config.x must be one of {trends.X_MODES}, got {config.x!r}")
   if config.flops_method not in FLOPS_METHODS:
@@ -177,6 +181,10 @@ def _run_unlocked(config, workdir: str) -> dict:
   out_dir = os.path.join(workdir, "trends")
   os.makedirs(os.path.join(out_dir, "subsets"), exist_ok=True)
   models = load_models(reader, config.flops_method)
+  if reader.valid_ppl_source != "validation":
+    logging.warning("%s has no validation dataset: validation PPL is measured on the analysed "
+                    "tokens themselves (score with config.validation.files to avoid that)",
+                    reader.root)
   names = [m.name for m in models]
   by_name = {m.name: m for m in models}
   for sel in (*[s for s in config.selectors if s != "self"], config.token_view_model):
@@ -238,6 +246,11 @@ def _run_unlocked(config, workdir: str) -> dict:
       "params": {m.name: m.n_params for m in models},
       "flops_method": config.flops_method,
       "x": config.x,
+      "start_rule": config.start_rule,
+      "subset_mean": config.subset_mean,
+      # "validation": measured on the store's validation dataset; "analysis": on the
+      # analysed tokens themselves (no validation data was scored), circular for Fig. 12.
+      "valid_ppl_source": reader.valid_ppl_source,
       "final_step": {m.name: int(m.steps_c[-1]) for m in models},
       "final_tokens_seen": {m.name: float(m.tokens_seen_c[-1]) for m in models},
       "final_flops": {m.name: float(m.flops_c[-1]) for m in models},

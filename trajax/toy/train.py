@@ -37,11 +37,12 @@ from trajax import atomic, checkpoints
 from trajax import data as data_lib
 from trajax import trajectory
 from trajax.models import opt
-from trajax.toy import corpus
-from trajax.toy import export
+from trajax.toy import documents, export, tasks
+from trajax.toy import tokenizer as tokenizer_lib
+from trajax.toy import world as world_lib
 
-BOS_ID = corpus.SPECIAL_TOKENS.index("</s>")  # OPT prepends </s> (id 2) as BOS
-PAD_ID = corpus.SPECIAL_TOKENS.index("<pad>")
+BOS_ID = tokenizer_lib.SPECIAL_TOKENS.index("</s>")  # OPT prepends </s> (id 2) as BOS
+PAD_ID = tokenizer_lib.SPECIAL_TOKENS.index("<pad>")
 
 # ------------------------------------------------------------------ schedule
 
@@ -126,21 +127,21 @@ def prepare_data(config, workdir: str) -> dict[str, Any]:
   reused checkpoints and new ones share it.
   """
   w = config.world
-  world = corpus.make_world(w.seed, n_people=w.n_people, n_towns=w.n_towns)
-  splits = corpus.generate_splits(world, w.n_train_docs, w.n_validation_docs, w.seed,
-                                  min_tokens=w.doc_tokens)
+  world = world_lib.make_world(w.seed, n_people=w.n_people, n_towns=w.n_towns)
+  splits = documents.generate_splits(world, w.n_train_docs, w.n_validation_docs, w.seed,
+                                     min_tokens=w.doc_tokens)
   data_dir = os.path.join(workdir, "data")
   os.makedirs(data_dir, exist_ok=True)
   for split, texts in splits.items():
     _write_jsonl(texts, os.path.join(data_dir, f"{split}.jsonl"))
-  for task in corpus.multiple_choice_tasks(world, w.n_task_examples, w.seed):
-    corpus.write_bigbench_task(task, os.path.join(workdir, "tasks"))
+  for task in tasks.multiple_choice_tasks(world, w.n_task_examples, w.seed):
+    tasks.write_bigbench_task(task, os.path.join(workdir, "tasks"))
 
   tok_dir = os.path.join(workdir, "tokenizer")
   if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
     tmp = atomic.temporary_name(tok_dir)
     shutil.rmtree(tmp, ignore_errors=True)
-    corpus.train_tokenizer(splits["train"], w.vocab_size, tmp)
+    tokenizer_lib.train_tokenizer(splits["train"], w.vocab_size, tmp)
     shutil.rmtree(tok_dir, ignore_errors=True)
     os.replace(tmp, tok_dir)
   else:

@@ -1,21 +1,17 @@
 """The report's sections: what the paper found, and what this run's numbers show.
 
-Every "this run" sentence is computed from the stage outputs (summaries and
-the CSVs behind the figures); nothing here is written for a particular result.
+Every "this run" sentence is computed from the stage outputs on disk (summaries
+and the CSVs behind the figures, `trajax.report.stages`); nothing here is written
+for a particular result or a particular family.
 """
 from __future__ import annotations
 
-import csv
 import html
 import math
-import os
 
-from trajax.report import Section
-
-
-def _rows(path: str) -> list[dict]:
-  with open(path, newline="") as f:
-    return list(csv.DictReader(f))
+from trajax.report.page import Section
+from trajax.report.stages import Outputs
+from trajax.report.stages import read_csv as _rows
 
 
 def _fmt(x: float) -> str:
@@ -115,15 +111,23 @@ def _trend_sections(trends: dict) -> list[Section]:
   return out
 
 
-def _decode_sections(decode: dict) -> list[Section]:
+def _by_size(values: dict[str, float], order: list[str]) -> dict[str, float]:
+  """`values` smallest model first, where another stage knows every model's size; else as is."""
+  if set(values) <= set(order):
+    return {m: values[m] for m in order if m in values}
+  return values
+
+
+def _decode_sections(decode: dict, order: list[str]) -> list[Section]:
+  """Fig. 5 (left), Fig. 6 and Table 1; `order`: model names smallest first, if known."""
   out = []
-  figs = {k: v for k, v in decode.items() if isinstance(v, str) and v.endswith(".png")}
   corrupted = decode.get("corrupted_ppl")
-  if corrupted and os.path.exists(corrupted):
+  if corrupted:
     rows = _rows(corrupted)
     by_frac: dict[str, dict[str, float]] = {}
     for r in rows:
       by_frac.setdefault(r["fraction"], {})[r["model"]] = float(r["ppl"])
+    by_frac = {f: _by_size(d, order) for f, d in by_frac.items()}
     models = list(next(iter(by_frac.values())).keys()) if by_frac else []
     down = [f for f, d in by_frac.items() if len(d) > 1 and _monotone([d[m] for m in d])]
     out.append(
@@ -133,44 +137,46 @@ def _decode_sections(decode: dict) -> list[Section]:
             "perplexity: the downward scaling trend survives the noise.",
             f"Corruption levels where perplexity falls monotonically with model size "
             f"({', '.join(models)}): {len(down)} of {len(by_frac)} "
-            f"({', '.join(sorted(down)) or 'none'}).",
-            [p for k, p in figs.items() if k.startswith("fig5")]))
-  scaling = decode.get("generated_ppl")
-  if scaling and os.path.exists(scaling):
-    rows = _rows(scaling)
-    final: dict[str, dict[str, tuple[int, float]]] = {}
-    for r in rows:
-      if r.get("method", "greedy") != "greedy":
-        continue
-      key = r["config"]
-      step = int(r["step"])
-      prev = final.setdefault(key, {}).get(r["model"])
-      if prev is None or step > prev[0]:
-        final[key][r["model"]] = (step, float(r["ppl"]))
-    lines = []
-    for cfg, d in final.items():
-      vals = [v for _, v in d.values()]
-      trend = ("rises with size (inverse scaling)" if _monotone(vals, decreasing=False) else
-               "falls with size" if _monotone(vals) else "is not monotone in size")
-      lines.append(f"{cfg}: {trend} ({', '.join(_fmt(v) for v in vals)})")
-    out.append(
-        Section(
-            "Fig. 6 — perplexity of generated texts (final checkpoints and trajectories)",
-            "Texts decoded from p_s − p_l show inverse scaling: larger models assign them higher "
-            "perplexity; p_l and p_l − p_s show normal scaling.",
-            "Greedy texts, final checkpoints smallest → largest: " + "; ".join(lines) + ".",
-            [p for k, p in figs.items() if k.startswith(("fig6", "fig16"))]))
-  table = decode.get("examples")
-  if table and os.path.exists(table):
-    with open(table, encoding="utf-8") as f:
-      text = f.read()
-    out.append(
-        Section(
-            "Table 1 — example generations per configuration",
-            "p_s − p_l yields grammatical but hallucinated text; p_l − p_s reads most naturally.",
-            "The first prompts of the validation set, decoded with each configuration (greedy).",
-            html=f"<pre style='white-space:pre-wrap'>{html.escape(text)}</pre>"))
+            f"({', '.join(sorted(down)) or 'none'}).", [decode["fig5"]] if decode["fig5"] else []))
+  runs = decode["runs"]
+  for run in runs:
+    # Several runs (App. C.5: 50, 100, 500 new tokens) get one pair of sections each.
+    suffix = f" ({run['new_tokens']} new tokens)" if len(runs) > 1 else ""
+    out.append(_generated_section(run, suffix, order))
+    if run["examples"]:
+      with open(run["examples"], encoding="utf-8") as f:
+        text = f.read()
+      out.append(
+          Section(
+              "Table 1 — example generations per configuration" + suffix,
+              "p_s − p_l yields grammatical but hallucinated text; p_l − p_s reads most naturally.",
+              "The first prompts of the validation set, decoded with each configuration (greedy).",
+              html=f"<pre style='white-space:pre-wrap'>{html.escape(text)}</pre>"))
   return out
+
+
+def _generated_section(run: dict, suffix: str, order: list[str]) -> Section:
+  final: dict[str, dict[str, tuple[int, float]]] = {}
+  for r in _rows(run["generated_ppl"]):
+    if r.get("method", "greedy") != "greedy":
+      continue
+    key = r["config"]
+    step = int(r["step"])
+    prev = final.setdefault(key, {}).get(r["model"])
+    if prev is None or step > prev[0]:
+      final[key][r["model"]] = (step, float(r["ppl"]))
+  lines = []
+  for cfg, d in final.items():
+    vals = [v for _, v in _by_size(d, order).values()]
+    trend = ("rises with size (inverse scaling)" if _monotone(vals, decreasing=False) else
+             "falls with size" if _monotone(vals) else "is not monotone in size")
+    lines.append(f"{cfg}: {trend} ({', '.join(_fmt(v) for v in vals)})")
+  return Section(
+      "Fig. 6 — perplexity of generated texts (final checkpoints and trajectories)" + suffix,
+      "Texts decoded from p_s − p_l show inverse scaling: larger models assign them higher "
+      "perplexity; p_l and p_l − p_s show normal scaling.",
+      "Greedy texts, final checkpoints smallest → largest: " + "; ".join(lines) + ".",
+      run["figures"])
 
 
 def _icl_sections(icl: dict) -> list[Section]:
@@ -206,12 +212,48 @@ def _icl_sections(icl: dict) -> list[Section]:
           "Some tasks improve smoothly with scale (linearity), others jump late (breakthroughness).",
           "; ".join(f"{t}: linearity {_fmt(v.get('linearity'))}, breakthroughness "
                     f"{_fmt(v.get('breakthroughness'))}"
-                    for t, v in icl.get("scaling", {}).items()) or "no task scores",
-          [icl["figures"]["fig17_18"]]))
+                    for t, v in _by_task(icl)) or "no task scores", [icl["figures"]["fig17_18"]]))
   return out
 
 
-def sections(workdir: str, trends: dict, decode: dict, icl: dict) -> list[Section]:
-  """The report's sections in the paper's order."""
-  del workdir
-  return [*_trend_sections(trends), *_decode_sections(decode), *_icl_sections(icl)]
+def _by_task(icl: dict) -> list[tuple[str, dict]]:
+  """Per-task scaling scores in the run's task order (summary.json's keys are sorted)."""
+  scaling = icl.get("scaling", {})
+  order = [t for t in icl.get("tasks", []) if t in scaling]
+  return [(t, scaling[t]) for t in order + sorted(set(scaling) - set(order))]
+
+
+def _store_section(store: dict) -> Section:
+  """Validation PPL per model from the store, for a workdir whose trends were not run."""
+  names = store["models"]
+  final = {m: store["valid_ppl"][m][-1] if store["valid_ppl"][m] else None for m in names}
+  finals = [final[m] for m in names]
+  known = all(v is not None for v in finals) and len(finals) > 1
+  rows = "".join(
+      f"<tr><td>{html.escape(m)}</td><td>{len(store['done_steps'][m])} of "
+      f"{len(store['steps'][m])}</td><td>{_fmt(store['valid_ppl'][m][0] if final[m] is not None else None)}"
+      f"</td><td>{_fmt(final[m])}</td></tr>" for m in names)
+  return Section(
+      "Validation perplexity of the scored checkpoints",
+      "Validation perplexity falls along a power law in compute; at equal FLOPs, larger models "
+      "reach lower perplexity.",
+      f"{len(names)} model(s) scored on {store['block_shape'][0]} blocks of "
+      f"{store['block_shape'][1]} tokens. Final validation PPL, smallest to largest: "
+      f"{', '.join(f'{m} {_fmt(final[m])}' for m in names)}. Larger models reach lower final "
+      f"perplexity: {('yes' if _monotone(finals) else 'no') if known else 'n/a'}.",
+      html="<table><tr><th>model</th><th>checkpoints scored</th><th>first valid PPL</th>"
+      f"<th>final valid PPL</th></tr>{rows}</table>")
+
+
+def sections(outputs: Outputs) -> list[Section]:
+  """The report's sections in the paper's order, for the stages found in the workdir."""
+  out = []
+  if outputs.trends:
+    out += _trend_sections(outputs.trends)
+  elif outputs.store and outputs.store["models"]:
+    out.append(_store_section(outputs.store))
+  if outputs.decode:
+    out += _decode_sections(outputs.decode, outputs.models())
+  if outputs.icl:
+    out += _icl_sections(outputs.icl)
+  return out

@@ -35,8 +35,20 @@ def _img(path: str) -> str:
           f"<figcaption>{name}</figcaption></figure>")
 
 
-def write(path: str, title: str, intro: str, sections: list[Section]) -> str:
-  """Writes the page atomically; every image must exist and be non-empty."""
+def write(path: str, title: str, intro: str, sections: list[Section],
+          not_run: list[str] | tuple[str, ...] = ()) -> str:
+  """Writes the page atomically.
+
+  Args:
+    path: the HTML file to write.
+    title: the page's title and heading.
+    intro: one paragraph under the heading.
+    sections: in page order; every image must exist and be non-empty.
+    not_run: one line per stage whose outputs are absent (said under the intro).
+
+  Returns:
+    `path`.
+  """
   for s in sections:
     for img in s.images:
       if not os.path.isfile(img) or os.path.getsize(img) == 0:
@@ -49,6 +61,9 @@ def write(path: str, title: str, intro: str, sections: list[Section]) -> str:
       "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}</style>"
       "</head><body>", f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(intro)}</p>"
   ]
+  if not_run:
+    parts.append("<p class='not-run'><b>Not run in this workdir:</b> " +
+                 "; ".join(html.escape(line) for line in not_run) + ".</p>")
   parts.append("<ul>" + "".join(f"<li><a href='#s{i}'>{html.escape(s.title)}</a></li>"
                                 for i, s in enumerate(sections)) + "</ul>")
   for i, s in enumerate(sections):
