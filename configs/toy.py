@@ -29,8 +29,11 @@ def get_config(preset: str = "full"):
   config.world.n_towns = 12
   # Training documents.
   config.world.n_train_docs = 1000
-  # Held-out validation documents (what the scoring stage reads).
+  # Held-out validation documents: validation loss in training, valid PPL in the store.
   config.world.n_validation_docs = 64
+  # Held-out documents whose tokens the study analyses (trends): apart from validation, so
+  # plots against validation PPL are not circular.
+  config.world.n_analysis_docs = 64
   # Minimum BPE tokens per document (>= train.seq_len so a validation block is full).
   config.world.doc_tokens = 256
   # Tokenizer vocabulary, including 4 special and 256 byte tokens.
@@ -109,6 +112,7 @@ def _tiny(config):
   config.world.n_towns = 4
   config.world.n_train_docs = 120
   config.world.n_validation_docs = 8
+  config.world.n_analysis_docs = 8
   config.world.doc_tokens = 64
   config.world.vocab_size = 512
   config.world.n_task_examples = 20

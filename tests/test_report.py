@@ -192,8 +192,8 @@ def test_moved_workdir_of_real_checkpoints_gets_the_same_sections(toy_study, tmp
 
 
 def _valid_ppl(workdir, model):
-  """exp(mean NLL) over the scored tokens of each done checkpoint, from the raw rows."""
-  lp = store.open(workdir).logprobs(model).astype(np.float64)
+  """exp(mean NLL) over the validation tokens of each done checkpoint, from the raw rows."""
+  lp = store.open(workdir).logprobs(model, dataset="validation").astype(np.float64)
   return [float(np.exp(-np.mean(row[np.isfinite(row)]))) for row in lp]
 
 

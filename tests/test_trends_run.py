@@ -120,9 +120,9 @@ def test_fig2_shares_match_trends(scored):
   rows = _read_csv(os.path.join(workdir, "trends", "fig2_category_shares.csv"))
   for m in reader.models:
     ppl = trends.ppl_from_logprobs(reader.logprobs(m))
-    # 4 checkpoints: from p = 0.7 on the window has < 3 points and is skipped.
-    want = trends.shares_vs_start(ppl, reader.done_steps(m),
-                                  fractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6))
+    # 4 checkpoints at 100..400: from p = 0.6 (240 -> step 300) on, the window has < 3
+    # points and is skipped.
+    want = trends.shares_vs_start(ppl, reader.done_steps(m), fractions=(0.1, 0.2, 0.3, 0.4, 0.5))
     mine = [r for r in rows if r["model"] == m]
     np.testing.assert_array_equal([float(r["fraction"]) for r in mine], want["fraction"])
     for k in ("stagnated", "upward", "downward", "none", "start_step", "n_excluded"):
@@ -131,7 +131,8 @@ def test_fig2_shares_match_trends(scored):
     assert summary["shares_at_10pct"][m] == pytest.approx(at10)
 
 
-def test_subset_trajectory_is_mean_over_selected_tokens(scored):
+def test_subset_trajectory_is_exp_mean_nll_over_selected_tokens(scored):
+  """The default `subset_mean` is geometric: exp(mean NLL) of the subset at each checkpoint."""
   workdir, reader, summary = scored
   small, big = _by_size(reader)
   ppl = {m: np.exp(-reader.logprobs(m).astype(np.float64)) for m in reader.models}
@@ -152,7 +153,8 @@ def test_subset_trajectory_is_mean_over_selected_tokens(scored):
       if sel.sum() == 0:
         assert np.isnan(mine).all()
         continue
-      want = [np.mean(row[sel][~np.isnan(row[sel])]) for row in ppl[m]]
+      nll = -reader.logprobs(m).astype(np.float64)
+      want = [np.exp(np.mean(row[sel][~np.isnan(row[sel])])) for row in nll]
       np.testing.assert_allclose(mine, want, rtol=1e-12, err_msg=f"{cat} {m}")
   # Self-selected: each model follows its own tokens.
   rows = _read_csv(os.path.join(workdir, "trends", "subsets", "self_none_p10_valid_ppl.csv"))
@@ -161,7 +163,7 @@ def test_subset_trajectory_is_mean_over_selected_tokens(scored):
     mine = [r for r in rows if r["model"] == m]
     np.testing.assert_allclose([float(r["x"]) for r in mine], reader.valid_ppl(m), rtol=1e-12)
     np.testing.assert_allclose([float(r["mean_ppl"]) for r in mine],
-                               np.nanmean(ppl[m][:, sel], axis=1), rtol=1e-12)
+                               np.exp(np.nanmean(np.log(ppl[m][:, sel]), axis=1)), rtol=1e-12)
 
 
 def test_every_figure_written(scored):

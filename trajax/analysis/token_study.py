@@ -182,9 +182,9 @@ def _run_unlocked(config, workdir: str) -> dict:
   os.makedirs(os.path.join(out_dir, "subsets"), exist_ok=True)
   models = load_models(reader, config.flops_method)
   if reader.valid_ppl_source != "validation":
-    logging.warning("%s has no validation dataset: validation PPL is measured on the analysed "
-                    "tokens themselves (score with config.validation.files to avoid that)",
-                    reader.root)
+    logging.warning(
+        "%s has no validation dataset: validation PPL is measured on the analysed "
+        "tokens themselves (score with config.validation.files to avoid that)", reader.root)
   names = [m.name for m in models]
   by_name = {m.name: m for m in models}
   for sel in (*[s for s in config.selectors if s != "self"], config.token_view_model):

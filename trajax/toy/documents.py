@@ -227,23 +227,30 @@ def generate_documents(world: World, n_docs: int, seed: int, min_tokens: int = 1
 
 
 def generate_splits(world: World, n_train: int, n_validation: int, seed: int,
-                    min_tokens: int = 1024) -> dict[str, list[str]]:
-  """Train and held-out validation documents: same world, independent seed streams.
+                    min_tokens: int = 1024, n_analysis: int = 0) -> dict[str, list[str]]:
+  """Train and held-out documents: same world, independent seed streams.
 
   Args:
     world: from make_world.
     n_train, n_validation: documents per split.
-    seed: one seed for both; each split derives its own stream from it.
+    seed: one seed for every split; each derives its own stream from it.
     min_tokens: as in generate_documents.
+    n_analysis: documents of a third held-out split, the tokens a study analyses
+      (kept apart from the validation split its perplexity is measured on).
   Returns:
-    {"train": [...], "validation": [...]}; no text appears in both.
+    {"train": [...], "validation": [...]} (+ "analysis" when n_analysis > 0); no
+    text appears in two splits.
   """
+  sizes = (("train", n_train),
+           ("validation", n_validation)) + ((("analysis", n_analysis),) if n_analysis > 0 else ())
   splits = {
-      name: generate_documents(world, n, derive_seed(seed, name), min_tokens)
-      for name, n in (("train", n_train), ("validation", n_validation))
+      name: generate_documents(world, n, derive_seed(seed, name), min_tokens) for name, n in sizes
   }
-  overlap = set(splits["train"]) & set(splits["validation"])
-  if overlap:  # astronomically unlikely with real lengths; never hand out a leaky split
-    raise RuntimeError(f"generate_splits: {len(overlap)} documents in both splits; "
-                       f"raise min_tokens")
+  names = list(splits)
+  for i, a in enumerate(names):
+    for b in names[i + 1:]:
+      overlap = set(splits[a]) & set(splits[b])
+      if overlap:  # astronomically unlikely with real lengths; never hand out a leaky split
+        raise RuntimeError(f"generate_splits: {len(overlap)} documents in both {a} and {b}; "
+                           f"raise min_tokens")
   return splits

@@ -36,7 +36,9 @@ def wire(config, workdir: str, manifest: str) -> None:
   tokenizer = os.path.join(workdir, "tokenizer")
   validation = os.path.join(workdir, "data", "validation.jsonl")
   s = config.score
-  s.trajectory, s.tokenizer, s.data.files = manifest, tokenizer, validation
+  s.trajectory, s.tokenizer = manifest, tokenizer
+  s.data.files = os.path.join(workdir, "data", "analysis.jsonl")
+  s.validation.files = f"world={validation}"
   t = config.trends
   t.store_dir, t.tokenizer = workdir, tokenizer
   d = config.decode

@@ -129,7 +129,7 @@ def prepare_data(config, workdir: str) -> dict[str, Any]:
   w = config.world
   world = world_lib.make_world(w.seed, n_people=w.n_people, n_towns=w.n_towns)
   splits = documents.generate_splits(world, w.n_train_docs, w.n_validation_docs, w.seed,
-                                     min_tokens=w.doc_tokens)
+                                     min_tokens=w.doc_tokens, n_analysis=w.n_analysis_docs)
   data_dir = os.path.join(workdir, "data")
   os.makedirs(data_dir, exist_ok=True)
   for split, texts in splits.items():
@@ -152,7 +152,8 @@ def prepare_data(config, workdir: str) -> dict[str, Any]:
   ids = tokenizer(splits["train"], add_special_tokens=False)["input_ids"]
   train_tokens, train_mask = chunk_documents(ids, seq_len)
   val_docs = [data_lib.Document(f"validation:{i}", t) for i, t in enumerate(splits["validation"])]
-  # The validation blocks are what the scoring stage reads: [BOS] + a document's start.
+  # Validation loss during training; the scoring stage measures valid PPL on the same
+  # blocks ([BOS] + a document's start) and analyses the separate "analysis" split.
   val = data_lib.make_blocks(val_docs, tokenizer, block_len=seq_len, max_docs=None, bos_id=BOS_ID,
                              pad_id=PAD_ID)
   return {
