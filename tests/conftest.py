@@ -1,7 +1,9 @@
 """Shared fixtures: tiny random OPT checkpoints written by transformers itself."""
+import contextlib
 import json
 import os
 import pathlib
+import subprocess
 import sys
 
 import numpy as np
@@ -96,3 +98,30 @@ def sweep_inputs(tmp_path, tiny_ckpt, n_ckpts):
   for i in range(8):
     (docs / f"{i}.txt").write_text(f"Document {i}. " + "The river runs past the old mill. " * 40)
   return write_manifest(str(tmp_path / "traj.json"), {"m": (100, ckpts)}), str(docs / "*.txt")
+
+
+@contextlib.contextmanager
+def held_workdir(path):
+  """Inside the block another live process holds the workdir lock of `path`.
+
+  The holder claims the workdir, says so on stdout, and waits on its stdin: it
+  drops the lock when the block ends (stdin closed) or when the test kills it.
+  No sleep: the claim is reported by the holder itself.
+
+  Yields:
+    The holder (`subprocess.Popen`), e.g. to read its pid or SIGKILL it.
+  """
+  holder = subprocess.Popen([
+      sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
+      "from trajax import workdir; cm = workdir.claim(sys.argv[2]); cm.__enter__();"
+      "print('held', flush=True); sys.stdin.read()",
+      str(ROOT),
+      str(path)
+  ], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    yield holder
+  finally:
+    holder.stdin.close()  # EOF: a live holder exits and drops the lock
+    holder.wait()
+    holder.stdout.close()

@@ -8,7 +8,7 @@ import pytest
 
 import trajax
 from trajax import store, sweep, trajectory
-from conftest import OPT_TOKENIZER, ROOT, torch_logprobs, write_manifest
+from conftest import OPT_TOKENIZER, ROOT, held_workdir, torch_logprobs, write_manifest
 
 SMALL = dict(vocab_size=50272, hidden_size=16, num_hidden_layers=2, ffn_dim=32,
              num_attention_heads=2, max_position_embeddings=64)
@@ -164,20 +164,11 @@ def test_second_run_on_a_workdir_is_refused_until_holder_dies(tmp_path, tiny_ckp
   from trajax import workdir
   config, _ = _setup(tmp_path, tiny_ckpt)
   out = tmp_path / "locked"
-  holder = subprocess.Popen([
-      sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
-      "from trajax import workdir; cm = workdir.claim(sys.argv[2]); cm.__enter__();"
-      "print('held', flush=True); sys.stdin.read()",
-      str(ROOT),
-      str(out)
-  ], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
-  try:
-    assert holder.stdout.readline().strip() == "held"
+  with held_workdir(out) as holder:
     with pytest.raises(workdir.WorkdirBusy, match=rf"in use by another trajax run \(pid "
                        rf"{holder.pid}\)"):
       sweep.run(config, str(out))
-  finally:
-    holder.send_signal(signal.SIGKILL)
+    holder.send_signal(signal.SIGKILL)  # dies holding the lock
     holder.wait()
   reader = sweep.run(config, str(out))  # the dead holder's lock is gone
   assert (reader.status("small") == store.DONE).all()

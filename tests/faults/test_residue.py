@@ -7,7 +7,7 @@ import pytest
 from absl import logging as absl_logging
 
 from trajax import atomic, faults, orbax_checkpoints, workdir
-from conftest import ROOT
+from conftest import held_workdir
 
 
 def _touch(path, text="x"):
@@ -56,23 +56,13 @@ def test_patterns_match_what_the_writers_make(tmp_path):
 def test_a_nested_workdir_held_by_a_live_run_is_left_alone(tmp_path):
   root = tmp_path / "w"
   nested = root / "trends"
-  holder = subprocess.Popen([
-      sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
-      "from trajax import workdir; cm = workdir.claim(sys.argv[2]); cm.__enter__();"
-      "print('held', flush=True); sys.stdin.read()",
-      str(ROOT),
-      str(nested)
-  ], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
-  try:
-    assert holder.stdout.readline().strip() == "held"
+  with held_workdir(nested):
     _touch(str(nested / ".fig.png.tmp-123"))  # the live run's write in progress
     _touch(str(root / ".summary.json.tmp-5"))
     with workdir.claim(str(root)):
       pass
     assert (nested / ".fig.png.tmp-123").exists()
     assert not (root / ".summary.json.tmp-5").exists()
-  finally:
-    holder.communicate("")  # EOF on stdin: the holder exits and drops its lock
   with workdir.claim(str(root)):  # nobody holds the nested workdir now: swept too
     pass
   assert not (nested / ".fig.png.tmp-123").exists()
