@@ -8,11 +8,31 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED_DATA = ROOT.parent / "shared" / "data"
 OPT_TOKENIZER = SHARED_DATA / "tokenizer" / "opt"
+
+# A fault armed or traced in the shell that runs the suite (`TRAJAX_FAULT=kill@...` left
+# over from a manual try) would kill or slow every test that reaches a fault point, in
+# this process and in every stage a test starts: the suite runs with none; fault tests
+# arm their own, per child process.
+for _name in ("TRAJAX_FAULT", "TRAJAX_FAULT_TRACE"):
+  os.environ.pop(_name, None)
+
+# Only catches a hung subprocess (a deadlock): no healthy run a test starts comes near it,
+# however loaded the machine, so no test outcome depends on how long a run takes.
+HANG_GUARD_S = 3600
+
+# Property tests never depend on time or on earlier runs: no per-example deadline (200 ms by
+# default: a loaded machine misses it), no "too slow" health check (it times data
+# generation), the same examples every run (derandomize) and no example database.
+settings.register_profile(
+    "trajax", deadline=None, derandomize=True, database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.load_profile("trajax")
 
 # A tiny pre-LN OPT; tests override fields to get each variant.
 TINY = dict(vocab_size=96, hidden_size=16, num_hidden_layers=2, ffn_dim=32, num_attention_heads=4,

@@ -1,4 +1,5 @@
 """Scoring a whole trajectory into the store: values, resume, refusal to mix datasets."""
+import concurrent.futures
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import pytest
 
 import trajax
 from trajax import store, sweep, trajectory
-from conftest import OPT_TOKENIZER, ROOT, held_workdir, torch_logprobs, write_manifest
+from conftest import HANG_GUARD_S, OPT_TOKENIZER, ROOT, held_workdir, torch_logprobs, write_manifest
 
 SMALL = dict(vocab_size=50272, hidden_size=16, num_hidden_layers=2, ffn_dim=32,
              num_attention_heads=2, max_position_embeddings=64)
@@ -150,7 +151,7 @@ def test_launch_score_cli(tmp_path, tiny_ckpt):
       f"--config.trajectory={config.trajectory}", f"--config.tokenizer={config.tokenizer}",
       f"--config.data.files={config.data.files}", "--config.data.block_len=32", f"--workdir={out}"
   ]
-  res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+  res = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_GUARD_S)
   assert res.returncode == 0, res.stderr[-2000:]
   reader = store.open(str(out))
   lines = [l for l in res.stdout.splitlines() if "valid PPL" in l]
@@ -201,17 +202,24 @@ def test_sequential_and_prefetching_sweeps_write_the_same_store_and_report_timin
     tmp_path, tiny_ckpt, monkeypatch):
   config, _ = _setup(tmp_path, tiny_ckpt)
   events = []
-  real_load, real_write = sweep._load, store.ModelRows.write
+  real_write = store.ModelRows.write
 
-  def load(path, *args):
-    events.append(("read", os.path.basename(path)))
-    return real_load(path, *args)
+  class RecordingPool(concurrent.futures.ThreadPoolExecutor):
+    """Records when the sweep asks for a checkpoint, in the sweep's own thread.
+
+    (When the reading thread starts on it is a race with the scoring thread: on a
+    loaded machine it may start after this checkpoint's row is written.)
+    """
+    def submit(self, fn, *args, **kwargs):
+      if fn is sweep._load:  # pylint: disable=protected-access
+        events.append(("read", os.path.basename(args[0])))
+      return super().submit(fn, *args, **kwargs)
 
   def write(self, index, row):
     real_write(self, index, row)
     events.append(("written", f"step{self.steps[index]}"))
 
-  monkeypatch.setattr(sweep, "_load", load)
+  monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", RecordingPool)
   monkeypatch.setattr(store.ModelRows, "write", write)
   runs = {}
   for prefetch in (False, True):
@@ -226,7 +234,7 @@ def test_sequential_and_prefetching_sweeps_write_the_same_store_and_report_timin
       assert t.read_bytes == sum(
           sum(os.path.getsize(os.path.join(c.path, f)) for f in os.listdir(c.path)) for c in paths)
       assert t.read_s > 0 and t.compute_s > 0 and t.wall_s > 0 and 0 <= t.overlap
-    if not prefetch:  # each read starts only after the previous checkpoint's row is written
+    if not prefetch:  # each read is asked for only after the previous checkpoint's row is written
       small = events[:6]
       assert small == [("read", "step10"), ("written", "step10"), ("read", "step20"),
                        ("written", "step20"), ("read", "step40"), ("written", "step40")]
