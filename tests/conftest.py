@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, settings
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "faults"))  # killpoints, for every test directory
 SHARED_DATA = ROOT.parent / "shared" / "data"
 OPT_TOKENIZER = SHARED_DATA / "tokenizer" / "opt"
 
@@ -145,3 +146,29 @@ def held_workdir(path):
     holder.stdin.close()  # EOF: a live holder exits and drops the lock
     holder.wait()
     holder.stdout.close()
+
+
+def study_cmd(workdir) -> list[str]:
+  """`launch/study.py` on the toy config's tiny preset (what `make demo` runs, made small)."""
+  return [
+      sys.executable,
+      str(ROOT / "launch" / "study.py"), f"--config={ROOT}/configs/toy.py:tiny",
+      f"--workdir={workdir}"
+  ]
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory):
+  """The tiny toy study, run once per session by `launch/study.py`, its fault points traced.
+
+  Shared by tests/test_study.py and the study's kill test (its clean reference):
+  one training of the toy family serves both. Tests only read it (copy it to
+  rerun it).
+
+  Returns:
+    (workdir, the names of the `trajax.faults` points the run passed, in order).
+  """
+  import killpoints  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp("tiny_study")
+  workdir = root / "study"
+  return workdir, killpoints.traced_run(study_cmd(workdir), root / "trace.txt")

@@ -3,6 +3,7 @@ import base64
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -13,14 +14,14 @@ from conftest import ROOT
 
 
 @pytest.fixture(scope="module")
-def study_dir(tmp_path_factory):
+def study_dir(tiny_study):
+  """The session's tiny study (`launch/study.py`, run once: conftest `tiny_study`)."""
   import importlib.util
   spec = importlib.util.spec_from_file_location("toy_config", ROOT / "configs" / "toy.py")
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
-  workdir = str(tmp_path_factory.mktemp("study"))
-  report = study.run(mod.get_config("tiny"), workdir)
-  return workdir, report, mod
+  workdir, _ = tiny_study
+  return str(workdir), os.path.join(workdir, "report.html"), mod
 
 
 def test_report_embeds_every_figure_non_empty(study_dir):
@@ -61,14 +62,20 @@ def summary_ppl(workdir, model):
   return np.array([float(r["valid_ppl"]) for r in rows])
 
 
-def test_rerun_resumes_without_redoing_work(study_dir, monkeypatch):
-  workdir, report, mod = study_dir
+def test_rerun_resumes_without_redoing_work(study_dir, monkeypatch, tmp_path):
+  shared, _, mod = study_dir
+  # Rerun a copy: the session's study stays as its one run left it (the kill test's reference).
+  workdir = str(tmp_path / "study")
+  shutil.copytree(shared, workdir)
+  report = os.path.join(workdir, "report.html")
   from trajax import scoring
   calls = []
   real = scoring.Scorer.__call__
   monkeypatch.setattr(scoring.Scorer, "__call__",
                       lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
-  mtime = os.path.getmtime(os.path.join(workdir, "store", "dataset.json"))
-  study.run(mod.get_config("tiny"), workdir)
-  assert os.path.getmtime(os.path.join(workdir, "store", "dataset.json")) == mtime
+  dataset = os.path.join(workdir, "store", "dataset.json")
+  before = os.stat(dataset)
+  assert study.run(mod.get_config("tiny"), workdir) == report
+  after = os.stat(dataset)  # not rewritten: an atomic rewrite would be a new inode
+  assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
   assert not calls  # nothing scored again: store rows, generations and ICL rows all reused
