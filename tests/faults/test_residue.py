@@ -1,7 +1,5 @@
 """What a killed run leaves is swept when the next run claims the workdir, and nothing else."""
 import os
-import subprocess
-import sys
 
 import pytest
 from absl import logging as absl_logging
@@ -29,10 +27,14 @@ def test_claim_removes_only_trajax_temporaries(tmp_path, caplog):
   os.makedirs(os.path.join(root, "orbax", ".step1.tmp-77-0af3"), exist_ok=True)  # a conversion's
   _touch(os.path.join(root, "orbax", ".step1.tmp-77-0af3", "state", "d"))
   _touch(os.path.join(root, "orbax", ".step2.tmp-78-0af4.old", "m"), "old")  # moved aside, no new
+  verbosity = absl_logging.get_verbosity()
   absl_logging.set_verbosity(absl_logging.INFO)
-  with caplog.at_level("INFO"):
-    with workdir.claim(root):
-      pass
+  try:
+    with caplog.at_level("INFO"):
+      with workdir.claim(root):
+        pass
+  finally:
+    absl_logging.set_verbosity(verbosity)  # no leak into later tests
   left = sorted(
       os.path.relpath(os.path.join(t, n), root) for t, ds, fs in os.walk(root) for n in ds + fs)
   for rel in RESIDUE:
@@ -82,8 +84,10 @@ def test_claims_nest_only_inside_a_study(tmp_path):
 def test_single_conversion_sweeps_dead_converters_only(tmp_path):
   out = tmp_path / "orbax" / "step1"
   out.parent.mkdir()
-  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                        capture_output=True, text=True).stdout.strip()
+  # A pid no process can have (pids stay below pid_max). The pid of a process that just
+  # exited is not that: on a busy machine with a small pid_max it may be reused at once.
+  with open("/proc/sys/kernel/pid_max") as f:
+    dead = f.read().strip()
   (out.parent / f".step1.tmp-{dead}-00aa").mkdir()
   (out.parent / f".step1.tmp-{os.getpid()}-00bb").mkdir()  # this live process's own
   (out.parent / f".step2.tmp-{dead}-00cc").mkdir()  # another checkpoint's: not ours to judge
