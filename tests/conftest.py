@@ -1,16 +1,39 @@
 """Shared fixtures: tiny random OPT checkpoints written by transformers itself."""
+import contextlib
 import json
 import os
 import pathlib
+import subprocess
 import sys
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "faults"))  # killpoints, for every test directory
 SHARED_DATA = ROOT.parent / "shared" / "data"
 OPT_TOKENIZER = SHARED_DATA / "tokenizer" / "opt"
+
+# A fault armed or traced in the shell that runs the suite (`TRAJAX_FAULT=kill@...` left
+# over from a manual try) would kill or slow every test that reaches a fault point, in
+# this process and in every stage a test starts: the suite runs with none; fault tests
+# arm their own, per child process.
+for _name in ("TRAJAX_FAULT", "TRAJAX_FAULT_TRACE"):
+  os.environ.pop(_name, None)
+
+# Only catches a hung subprocess (a deadlock): no healthy run a test starts comes near it,
+# however loaded the machine, so no test outcome depends on how long a run takes.
+HANG_GUARD_S = 3600
+
+# Property tests never depend on time or on earlier runs: no per-example deadline (200 ms by
+# default: a loaded machine misses it), no "too slow" health check (it times data
+# generation), the same examples every run (derandomize) and no example database.
+settings.register_profile(
+    "trajax", deadline=None, derandomize=True, database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.load_profile("trajax")
 
 # A tiny pre-LN OPT; tests override fields to get each variant.
 TINY = dict(vocab_size=96, hidden_size=16, num_hidden_layers=2, ffn_dim=32, num_attention_heads=4,
@@ -98,14 +121,62 @@ def sweep_inputs(tmp_path, tiny_ckpt, n_ckpts):
   return write_manifest(str(tmp_path / "traj.json"), {"m": (100, ckpts)}), str(docs / "*.txt")
 
 
+@contextlib.contextmanager
+def held_workdir(path):
+  """Inside the block another live process holds the workdir lock of `path`.
+
+  The holder claims the workdir, says so on stdout, and waits on its stdin: it
+  drops the lock when the block ends (stdin closed) or when the test kills it.
+  No sleep: the claim is reported by the holder itself.
+
+  Yields:
+    The holder (`subprocess.Popen`), e.g. to read its pid or SIGKILL it.
+  """
+  holder = subprocess.Popen([
+      sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
+      "from trajax import workdir; cm = workdir.claim(sys.argv[2]); cm.__enter__();"
+      "print('held', flush=True); sys.stdin.read()",
+      str(ROOT),
+      str(path)
+  ], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    yield holder
+  finally:
+    holder.stdin.close()  # EOF: a live holder exits and drops the lock
+    holder.wait()
+    holder.stdout.close()
+
+
+def study_cmd(workdir) -> list[str]:
+  """`launch/study.py` on the toy config's tiny preset (what `make demo` runs, made small)."""
+  return [
+      sys.executable,
+      str(ROOT / "launch" / "study.py"), f"--config={ROOT}/configs/toy.py:tiny",
+      f"--workdir={workdir}"
+  ]
+
+
 @pytest.fixture(scope="session")
-def toy_study(tmp_path_factory):
-  """The tiny toy study run once per session (tests/test_study.py, tests/test_report.py).
+def tiny_study(tmp_path_factory):
+  """The tiny toy study, run once per session by `launch/study.py`, its fault points traced.
+
+  Shared by tests/test_study.py and the study's kill test (its clean reference):
+  one training of the toy family serves both. Tests only read it (copy it to
+  rerun it).
 
   Returns:
-    (workdir, report path, the configs/toy.py module).
+    (workdir, the names of the `trajax.faults` points the run passed, in order).
   """
+  import killpoints  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp("tiny_study")
+  workdir = root / "study"
+  return workdir, killpoints.traced_run(study_cmd(workdir), root / "trace.txt")
+
+
+@pytest.fixture(scope="session")
+def toy_study(tiny_study):
+  """The session's tiny study as (workdir, report path, the configs/toy.py module)."""
   from configs import toy
-  from trajax.toy import study
-  workdir = str(tmp_path_factory.mktemp("study"))
-  return workdir, study.run(toy.get_config("tiny"), workdir), toy
+  workdir, _ = tiny_study
+  return str(workdir), os.path.join(workdir, "report.html"), toy

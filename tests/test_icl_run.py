@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import OPT_TOKENIZER, ROOT, SHARED_DATA, hf_opt, save_hf, torch_logprobs, write_manifest
+from conftest import (HANG_GUARD_S, OPT_TOKENIZER, ROOT, SHARED_DATA, hf_opt, save_hf,
+                      torch_logprobs, write_manifest)
 import trajax
 from trajax import checkpoints, scoring, sweep
 from trajax.analysis import icl, icl_study
@@ -226,7 +227,7 @@ def test_launcher_subprocess(study, tmp_path):
       f"--workdir={tmp_path}", f"--config.trajectory={study['manifest']}",
       f"--config.tasks_dir={BIGBENCH}", f"--config.task_names={TASKS!r}".replace(" ", ""),
       f"--config.max_examples={MAX_EXAMPLES}", f"--config.store_dir={study['workdir']}"
-  ], capture_output=True, text=True, env=env, timeout=120)
+  ], capture_output=True, text=True, env=env, timeout=HANG_GUARD_S)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "0 (checkpoint, task) pairs to score" in proc.stderr
   assert "mean accuracy" in proc.stdout

@@ -1,4 +1,5 @@
 """Two processes on this machine (coordinator on 127.0.0.1, 4 CPU devices each)."""
+import contextlib
 import os
 import socket
 import subprocess
@@ -7,35 +8,52 @@ import sys
 import numpy as np
 
 from trajax import store, sweep
-from conftest import ROOT
+from conftest import HANG_GUARD_S, ROOT
 from test_sweep import _setup
 
 
-def _free_port():
+@contextlib.contextmanager
+def reserved_port():
+  """A localhost port no other program can take while the block runs; yields its number.
+
+  Picking a free port and closing it before the coordinator binds it is a race
+  (another program, or a concurrent test run, may take it in between). Instead
+  the port stays bound here, with SO_REUSEPORT, for the whole test: the kernel
+  hands it to no one else (`bind(0)` and outgoing connections skip a port in
+  use, and a plain bind of it fails), while JAX's coordinator, a gRPC server,
+  which binds with SO_REUSEPORT as the same user, may share it. This socket never
+  listens, so every connection reaches the coordinator.
+  """
   with socket.socket() as s:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+    yield s.getsockname()[1]
 
 
 def test_two_process_sweep_equals_single_process(tmp_path, tiny_ckpt):
   config, _ = _setup(tmp_path, tiny_ckpt)
   single = sweep.run(config, str(tmp_path / "single"))
   out = tmp_path / "multi"
-  port = _free_port()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-  procs = []
-  for pid in range(2):
-    cmd = [
-        sys.executable,
-        str(ROOT / "launch" / "score.py"), f"--config={ROOT}/configs/score.py",
-        f"--config.trajectory={config.trajectory}", f"--config.tokenizer={config.tokenizer}",
-        f"--config.data.files={config.data.files}", "--config.data.block_len=32",
-        "--config.mesh_shape=-1,1,1", "--config.batch_size=8", f"--workdir={out}",
-        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={pid}"
-    ]
-    procs.append(
-        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-  results = [p.communicate(timeout=300) for p in procs]
+  logs = [(tmp_path / f"p{pid}.out", tmp_path / f"p{pid}.err") for pid in range(2)]
+  with reserved_port() as port, contextlib.ExitStack() as files:
+    procs = []
+    for pid in range(2):
+      cmd = [
+          sys.executable,
+          str(ROOT / "launch" / "score.py"), f"--config={ROOT}/configs/score.py",
+          f"--config.trajectory={config.trajectory}", f"--config.tokenizer={config.tokenizer}",
+          f"--config.data.files={config.data.files}", "--config.data.block_len=32",
+          "--config.mesh_shape=-1,1,1", "--config.batch_size=8", f"--workdir={out}",
+          f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={pid}"
+      ]
+      # Output to files, not pipes: a process blocked on a full pipe that nobody drains
+      # (while the test waits on the other one) would stall both at their next collective.
+      stdout, stderr = (files.enter_context(open(f, "w")) for f in logs[pid])
+      procs.append(subprocess.Popen(cmd, env=env, stdout=stdout, stderr=stderr))
+    for p in procs:
+      p.wait(timeout=HANG_GUARD_S)
+  results = [(o.read_text(), e.read_text()) for o, e in logs]
   for p, (_, err) in zip(procs, results):
     assert p.returncode == 0, err[-3000:]
   assert "valid PPL" in results[0][0] and "valid PPL" not in results[1][0]  # process 0 reports

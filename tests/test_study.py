@@ -3,6 +3,7 @@ import base64
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 
@@ -48,14 +49,20 @@ def summary_ppl(workdir, model):
   return np.array([float(r["valid_ppl"]) for r in rows])
 
 
-def test_rerun_resumes_without_redoing_work(toy_study, monkeypatch):
-  workdir, report, mod = toy_study
+def test_rerun_resumes_without_redoing_work(toy_study, monkeypatch, tmp_path):
+  shared, _, mod = toy_study
+  # Rerun a copy: the session's study stays as its one run left it (the kill test's reference).
+  workdir = str(tmp_path / "study")
+  shutil.copytree(shared, workdir)
+  report = os.path.join(workdir, "report.html")
   from trajax import scoring
   calls = []
   real = scoring.Scorer.__call__
   monkeypatch.setattr(scoring.Scorer, "__call__",
                       lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
-  mtime = os.path.getmtime(os.path.join(workdir, "store", "dataset.json"))
-  study.run(mod.get_config("tiny"), workdir)
-  assert os.path.getmtime(os.path.join(workdir, "store", "dataset.json")) == mtime
+  dataset = os.path.join(workdir, "store", "dataset.json")
+  before = os.stat(dataset)
+  assert study.run(mod.get_config("tiny"), workdir) == report
+  after = os.stat(dataset)  # not rewritten: an atomic rewrite would be a new inode
+  assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
   assert not calls  # nothing scored again: store rows, generations and ICL rows all reused

@@ -8,7 +8,7 @@ import pytest
 
 import trajax
 from trajax import store, stream, sweep, trajectory
-from conftest import OPT_TOKENIZER, ROOT, torch_logprobs, write_manifest
+from conftest import HANG_GUARD_S, OPT_TOKENIZER, ROOT, held_workdir, torch_logprobs, write_manifest
 
 SMALL = dict(vocab_size=50272, hidden_size=16, num_hidden_layers=2, ffn_dim=32,
              num_attention_heads=2, max_position_embeddings=64)
@@ -150,7 +150,7 @@ def test_launch_score_cli(tmp_path, tiny_ckpt):
       f"--config.trajectory={config.trajectory}", f"--config.tokenizer={config.tokenizer}",
       f"--config.data.files={config.data.files}", "--config.data.block_len=32", f"--workdir={out}"
   ]
-  res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+  res = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_GUARD_S)
   assert res.returncode == 0, res.stderr[-2000:]
   reader = store.open(str(out))
   lines = [l for l in res.stdout.splitlines() if "valid PPL" in l]
@@ -164,20 +164,11 @@ def test_second_run_on_a_workdir_is_refused_until_holder_dies(tmp_path, tiny_ckp
   from trajax import workdir
   config, _ = _setup(tmp_path, tiny_ckpt)
   out = tmp_path / "locked"
-  holder = subprocess.Popen([
-      sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
-      "from trajax import workdir; cm = workdir.claim(sys.argv[2]); cm.__enter__();"
-      "print('held', flush=True); sys.stdin.read()",
-      str(ROOT),
-      str(out)
-  ], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
-  try:
-    assert holder.stdout.readline().strip() == "held"
+  with held_workdir(out) as holder:
     with pytest.raises(workdir.WorkdirBusy, match=rf"in use by another trajax run \(pid "
                        rf"{holder.pid}\)"):
       sweep.run(config, str(out))
-  finally:
-    holder.send_signal(signal.SIGKILL)
+    holder.send_signal(signal.SIGKILL)  # dies holding the lock
     holder.wait()
   reader = sweep.run(config, str(out))  # the dead holder's lock is gone
   assert (reader.status("small") == store.DONE).all()
@@ -235,7 +226,7 @@ def test_sequential_and_prefetching_sweeps_write_the_same_store_and_report_timin
       assert t.read_bytes == sum(
           sum(os.path.getsize(os.path.join(c.path, f)) for f in os.listdir(c.path)) for c in paths)
       assert t.read_s > 0 and t.compute_s > 0 and t.wall_s > 0 and 0 <= t.overlap
-    if not prefetch:  # each read starts only after the previous checkpoint's row is written
+    if not prefetch:  # each read is asked for only after the previous checkpoint's row is written
       small = events[:6]
       assert small == [("read", "step10"), ("written", "step10"), ("read", "step20"),
                        ("written", "step20"), ("read", "step40"), ("written", "step40")]

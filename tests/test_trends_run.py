@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import OPT_TOKENIZER, ROOT, hf_opt, save_hf, write_manifest
+from conftest import HANG_GUARD_S, OPT_TOKENIZER, ROOT, hf_opt, save_hf, write_manifest
 from trajax import sweep
 from trajax.analysis import token_study, trends
 from trajax.models import opt
@@ -238,7 +238,7 @@ def test_launcher_subprocess(scored, tmp_path):
       str(ROOT / "launch" / "trends.py"), f"--config={ROOT / 'configs' / 'trends.py'}",
       f"--workdir={tmp_path}", f"--config.store_dir={workdir}", "--config.selectors=('largest',)",
       "--config.fractions=(0.1,0.4)"
-  ], capture_output=True, text=True, env=env, timeout=120)
+  ], capture_output=True, text=True, env=env, timeout=HANG_GUARD_S)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = tmp_path / "trends"
   for name in ("summary.json", "token_view.html", "fig1_valid_ppl_vs_flops.png",

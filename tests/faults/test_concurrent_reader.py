@@ -68,15 +68,17 @@ def test_reader_sees_only_done_rows_while_the_writer_runs_and_dies(tmp_path, tin
     writer.wait()
     assert _ask(reader) == seen
     # A resumed writer runs to the end while the reader keeps its store open and reads.
-    resumed = subprocess.Popen(cmd, env=dict(env,
-                                             **{faults.ENV: faults.spec("stop", "store.done:m:3")}),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Its log goes to a file: a pipe nobody reads while it runs could fill and block it.
+    with open(tmp_path / "resumed.log", "w") as log:
+      resumed = subprocess.Popen(
+          cmd, env=dict(env, **{faults.ENV: faults.spec("stop", "store.done:m:3")}),
+          stdout=subprocess.DEVNULL, stderr=log)
     _, status = os.waitpid(resumed.pid, os.WUNTRACED)
     assert os.WIFSTOPPED(status), status
     seen = _ask(reader)  # the last flag is set; the writer is stopped right after it
     assert seen["done"] == [1, 1, 1, 1] and seen["rows"] == want
     resumed.send_signal(signal.SIGCONT)
-    assert resumed.wait() == 0, resumed.stderr.read()[-3000:]
+    assert resumed.wait() == 0, (tmp_path / "resumed.log").read_text()[-3000:]
     assert _ask(reader)["rows"] == want
   finally:
     reader.stdin.close()

@@ -4,7 +4,7 @@ import struct
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from trajax import safetensors_io, trajectory
 
@@ -19,8 +19,7 @@ json_values = st.recursive(
 SEEN = {"manifests": 0, "headers": 0, "truncations": 0}
 
 
-@settings(max_examples=150, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150)  # deadline, health checks, seed: the conftest profile
 @given(doc=json_values)
 def test_fuzzed_manifest_gives_value_error_or_loads(tmp_path, doc):
   SEEN["manifests"] += 1
@@ -34,8 +33,7 @@ def test_fuzzed_manifest_gives_value_error_or_loads(tmp_path, doc):
     assert all(m.checkpoints for m in traj.models)
 
 
-@settings(max_examples=150, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150)  # deadline, health checks, seed: the conftest profile
 @given(header=json_values, extra=st.binary(max_size=64))
 def test_fuzzed_safetensors_header_is_rejected_cleanly(tmp_path, header, extra):
   SEEN["headers"] += 1
@@ -89,8 +87,7 @@ bigbench_values = st.recursive(
         ]), children, max_size=4), max_leaves=16)
 
 
-@settings(max_examples=200, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200)  # deadline, health checks, seed: the conftest profile
 @given(doc=bigbench_values)
 def test_fuzzed_bigbench_task_gives_value_error_or_loads(tmp_path, doc):
   """BIG-bench JSON with missing or wrong-typed fields: an error naming the file, or a task."""

@@ -18,17 +18,15 @@ import re
 import numpy as np
 import pytest
 from conftest import OPT_TOKENIZER
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from trajax import checkpoints, data, hf_checkpoints, safetensors_io, store
 from trajax.analysis import generation
 
+# Each @settings below inherits the conftest profile: no deadline, no "too slow" health check,
+# derandomized, no example database.
 SEEN, REFUSED = {}, {}  # cases tried and, of those, refused with a clear error
-FUZZ = {
-    "deadline": None, "derandomize": True,
-    "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
-}
 
 
 def _seen(kind):
@@ -115,7 +113,7 @@ def _jsonl_oracle(raw: bytes, key: str):
   return None, docs, empty
 
 
-@settings(max_examples=200, **FUZZ)
+@settings(max_examples=200)
 @given(lines=st.lists(jsonl_lines(), max_size=6), key=st.sampled_from(["text", "body"]),
        crlf=st.booleans())
 @example(lines=[b'{"text": "ok"}', b"\xff"], key="text", crlf=False)
@@ -158,7 +156,7 @@ gutenberg_texts = st.lists(
     ]), max_size=8).map("".join)
 
 
-@settings(max_examples=200, **FUZZ)
+@settings(max_examples=200)
 @given(
     raw=st.one_of(st.binary(max_size=40),
                   doc_texts.map(lambda t: t.encode("utf-8", "surrogatepass")),
@@ -203,7 +201,7 @@ LONG_WORDS = [
 WORDS = LONG_WORDS + [" ", "-", "\n", "日本語", "中文字", "é", "e\u0301", "\U0001f600"]
 
 
-@settings(max_examples=120, **FUZZ)
+@settings(max_examples=120)
 @given(
     texts=st.lists(
         st.lists(st.sampled_from(LONG_WORDS), min_size=6, max_size=30).map("".join) |
@@ -342,7 +340,7 @@ def mutated_configs(draw):
   return base, dict(edits)
 
 
-@settings(max_examples=400, **FUZZ)
+@settings(max_examples=400)
 @given(case=mutated_configs())
 @example(case=("opt", {"num_attention_heads": 0}))
 @example(case=("opt", {"do_layer_norm_before": "false"}))
@@ -448,7 +446,7 @@ def index_docs(draw, outside):
 
 @pytest.mark.parametrize("index_name",
                          [hf_checkpoints.SAFETENSORS_INDEX, hf_checkpoints.TORCH_BIN_INDEX])
-@settings(max_examples=120, **FUZZ)
+@settings(max_examples=120)
 @given(data_=st.data())
 def test_fuzzed_shard_index(shard_dir, index_name, data_):
   """Refused with the index named, or every listed tensor read from a file in the directory."""
@@ -578,7 +576,7 @@ def _use_store(workdir):
   assert rows.steps == META["steps"] and rows.status().shape == (2,)
 
 
-@settings(max_examples=120, **FUZZ)
+@settings(max_examples=120)
 @given(which=st.sampled_from(["dataset.json", "m/meta.json"]), data_=st.data())
 @example(which="dataset.json", data_=None)
 def test_fuzzed_store_metadata(tmp_path, which, data_):
@@ -635,7 +633,7 @@ def _read_jsonl_oracle(raw: bytes, fields):
   return None, out
 
 
-@settings(max_examples=150, **FUZZ)
+@settings(max_examples=150)
 @given(lines=st.lists(jsonl_lines(), max_size=5), fields=st.sampled_from([(), ("text",)]))
 @example(lines=[b'{"text": "a"}', b"7"], fields=())
 @example(lines=[b"\xff"], fields=())
@@ -683,7 +681,7 @@ def csv_files(draw, fields):
 INT_COLS = ("n_texts", "n_tokens", "n_seqs")
 
 
-@settings(max_examples=200, **FUZZ)
+@settings(max_examples=200)
 @given(data_=st.data(), fields=st.sampled_from([generation.PPL_FIELDS, generation.CORRUPT_FIELDS]))
 def test_fuzzed_generation_csv(tmp_path, data_, fields):
   """A ValueError naming the file, or rows with every field, typed as the writer wrote them."""

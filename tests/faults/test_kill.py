@@ -41,14 +41,10 @@ def _cli(config, workdir):
 def test_sigkill_at_seeded_points_then_resume_is_bitwise_identical(tmp_path, tiny_ckpt):
   config = _config(tmp_path, tiny_ckpt)
   clean, out = tmp_path / "clean", tmp_path / "killed"
-  points = killpoints.traced_run(_cli(config, clean), tmp_path / "trace.txt")
-  kills = killpoints.choose(
-      killpoints.retarget(points, clean, out), SEED,
+  killpoints.kill_and_compare(
+      lambda workdir: _cli(config, workdir), clean, out, seed=SEED,
       required=("atomic:*/store/dataset.json", "atomic:*/store/tokens.npz",
-                "atomic:*/store/m/meta.json", "store.row:m:*", "store.done:m:*"), extra=0)
-  cases = killpoints.kill_then_resume(_cli(config, out), kills)
-  print(f"\nscore fault cases (kill point, exit code): {cases}")
-  killpoints.assert_same_tree(out, clean)
+                "atomic:*/store/m/meta.json", "store.row:m:*", "store.done:m:*"))
   resumed, want = store.open(str(out)), store.open(str(clean))
   np.testing.assert_array_equal(resumed.status("m"), want.status("m"))
   assert resumed.logprobs("m").tobytes() == want.logprobs("m").tobytes()  # NaN payloads too

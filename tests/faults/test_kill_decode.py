@@ -42,14 +42,9 @@ def _cmd(tmp_path, tiny_ckpt):
 
 def test_sigkill_during_decoding_then_resume_equals_clean_run(tmp_path, tiny_ckpt):
   cmd = _cmd(tmp_path, tiny_ckpt)
-  clean, out = tmp_path / "clean", tmp_path / "killed"
-  points = killpoints.traced_run(cmd + [f"--workdir={clean}"], tmp_path / "trace.txt")
   # Inside the writes of the generations (JSONL), the per-checkpoint PPL (CSV), the
   # corrupted-text PPL, the example table and a figure.
-  kills = killpoints.choose(
-      killpoints.retarget(points, clean, out), SEED,
-      required=("atomic:*/generations_*.jsonl", "atomic:*/generated_ppl_*.csv",
-                "atomic:*/corrupted_ppl.csv", "atomic:*/examples_*.md", "atomic:*.png"), extra=0)
-  cases = killpoints.kill_then_resume(cmd + [f"--workdir={out}"], kills)
-  print(f"\ndecode fault cases (kill point, exit code): {cases}")
-  killpoints.assert_same_tree(out, clean)
+  killpoints.kill_and_compare(
+      lambda workdir: cmd + [f"--workdir={workdir}"], tmp_path / "clean", tmp_path / "killed",
+      seed=SEED, required=("atomic:*/generations_*.jsonl", "atomic:*/generated_ppl_*.csv",
+                           "atomic:*/corrupted_ppl.csv", "atomic:*/examples_*.md", "atomic:*.png"))

@@ -35,16 +35,11 @@ def _setup(tmp_path, tiny_ckpt):
 
 def test_sigkill_during_icl_then_resume_equals_clean_run(tmp_path, tiny_ckpt):
   cmd = _setup(tmp_path, tiny_ckpt)
-  clean, out = tmp_path / "clean", tmp_path / "killed"
-  points = killpoints.traced_run(cmd + [f"--workdir={clean}"], tmp_path / "trace.txt")
   # Inside the writes of a checkpoint's option scores, of results.csv and of a figure.
-  kills = killpoints.choose(
-      killpoints.retarget(points, clean, out), SEED,
-      required=("atomic:*/icl/options/m/*", "atomic:*/icl/results.csv", "atomic:*/icl/*.png"),
-      extra=1)
-  cases = killpoints.kill_then_resume(cmd + [f"--workdir={out}"], kills)
-  print(f"\nICL fault cases (kill point, exit code): {cases}")
-  killpoints.assert_same_tree(out, clean)
+  killpoints.kill_and_compare(
+      lambda workdir: cmd + [f"--workdir={workdir}"], tmp_path / "clean", tmp_path / "killed",
+      seed=SEED, required=("atomic:*/icl/options/m/*", "atomic:*/icl/results.csv",
+                           "atomic:*/icl/*.png"), extra=1)
 
 
 def test_second_icl_run_on_a_workdir_is_refused(tmp_path, tiny_ckpt):

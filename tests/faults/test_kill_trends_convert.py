@@ -1,5 +1,4 @@
 """SIGKILL the trends stage and checkpoint conversion at seeded points; reruns equal clean runs."""
-import json
 import sys
 
 import jax
@@ -25,44 +24,39 @@ def test_sigkill_during_trends_then_resume_equals_clean_run(tmp_path, tiny_ckpt)
       "--config.selectors=('self',)", "--config.fractions=(0.1, 0.5)",
       "--config.subset_fractions=(0.1,)"
   ]
-  clean, out = tmp_path / "clean", tmp_path / "killed"
-  points = killpoints.traced_run(cmd + [f"--workdir={clean}"], tmp_path / "trace.txt")
-  kills = killpoints.choose(
-      killpoints.retarget(points, clean, out), SEED,
-      required=("atomic:*/trends/*.png", "atomic:*/trends/*.csv", "atomic:*/trends/*.html",
-                "atomic:*/trends/summary.json"), extra=0)
-  cases = killpoints.kill_then_resume(cmd + [f"--workdir={out}"], kills)
-  print(f"\ntrends fault cases (kill point, exit code): {cases}")
-  killpoints.assert_same_tree(out, clean, ignore=("trends/summary.json",))
-  # The summary too, but for the run's own duration.
-  got, want = (json.loads(killpoints.tree(d)["trends/summary.json"]) for d in (out, clean))
-  assert got.pop("seconds") > 0 and want.pop("seconds") > 0
-  assert got == want
+  # The summary is compared too, but for the run's own duration.
+  killpoints.kill_and_compare(
+      lambda workdir: cmd + [f"--workdir={workdir}"], tmp_path / "clean", tmp_path / "killed",
+      seed=SEED, required=("atomic:*/trends/*.png", "atomic:*/trends/*.csv",
+                           "atomic:*/trends/*.html", "atomic:*/trends/summary.json"),
+      normalise={"trends/summary.json": killpoints.without_fields("seconds")})
+
+
+# Orbax names its OCDBT data files at random, and its manifests list those names: they are
+# compared through the restored weights. Its metadata records when the checkpoint was written
+# and where (the temporary directory, named with the writer's pid and a random tag): those
+# fields are normalised, the rest compared byte for byte.
+ORBAX_DATA = ("*/state/d/*", "*/state/ocdbt.process_0/d/*", "*/manifest.ocdbt")
+ORBAX_METADATA = {
+    "*/state/_CHECKPOINT_METADATA": killpoints.without_fields("init_timestamp_nsecs",
+                                                              "commit_timestamp_nsecs"),
+    "*/state/commit_success.txt": killpoints.substituted(rb"\.tmp-\d+-[0-9a-f]+",
+                                                         b".tmp-{pid}-{tag}"),
+}
 
 
 def test_sigkill_during_conversion_then_resume_equals_clean_run(tmp_path, tiny_ckpt):
   config = test_kill._config(tmp_path, tiny_ckpt)  # pylint: disable=protected-access
   cmd = [sys.executable, str(ROOT / "launch" / "convert.py"), f"--trajectory={config.trajectory}"]
   clean, out = tmp_path / "clean", tmp_path / "killed"
-  points = killpoints.traced_run(cmd + [f"--out_root={clean}"], tmp_path / "trace.txt")
-  kills = killpoints.choose(
-      killpoints.retarget(points, clean, out), SEED,
+  killpoints.kill_and_compare(
+      lambda root: cmd + [f"--out_root={root}"], clean, out, seed=SEED,
       required=("convert.complete:*", "atomic:*/trajax_orbax.json", "atomic:*/trajectory.json"),
-      extra=0)
-  cases = killpoints.kill_then_resume(cmd + [f"--out_root={out}"], kills)
+      ignore=ORBAX_DATA, normalise=ORBAX_METADATA)
   # Overwriting: killed with the old checkpoint moved aside and the new one not yet in place.
-  swap = killpoints.retarget(
-      killpoints.traced_run(cmd + [f"--out_root={clean}", "--overwrite"], tmp_path / "t2.txt"),
-      clean, out)
-  cases += killpoints.kill_then_resume(cmd + [f"--out_root={out}", "--overwrite"],
-                                       [next(p for p in swap if p.startswith("convert.swap:"))])
-  print(f"\nconvert fault cases (kill point, exit code): {cases}")
-  assert not killpoints.temporaries(out)
-  # Orbax names its OCDBT data files at random: compare those through the restored weights.
-  got, want = (killpoints.tree(d, ignore=("*/state/d/*", "*/state/ocdbt.process_0/d/*"))
-               for d in (out, clean))
-  assert sorted(got) == sorted(want)
-  assert got["trajectory.json"] == want["trajectory.json"]
+  killpoints.kill_and_compare(lambda root: cmd + [f"--out_root={root}", "--overwrite"], clean, out,
+                              seed=SEED, required=("convert.swap:*",), ignore=ORBAX_DATA,
+                              normalise=ORBAX_METADATA)
   for step in (10, 20, 30, 40):  # every converted checkpoint restores to the clean one's weights
     a = nnx.state(orbax_checkpoints.restore(str(out / "m" / f"step{step}")))
     b = nnx.state(orbax_checkpoints.restore(str(clean / "m" / f"step{step}")))

@@ -1,13 +1,11 @@
 """What a killed run leaves is swept when the next run claims the workdir, and nothing else."""
 import os
-import subprocess
-import sys
 
 import pytest
 from absl import logging as absl_logging
 
 from trajax import atomic, faults, orbax_checkpoints, workdir
-from conftest import ROOT
+from conftest import held_workdir
 
 
 def _touch(path, text="x"):
@@ -29,10 +27,14 @@ def test_claim_removes_only_trajax_temporaries(tmp_path, caplog):
   os.makedirs(os.path.join(root, "orbax", ".step1.tmp-77-0af3"), exist_ok=True)  # a conversion's
   _touch(os.path.join(root, "orbax", ".step1.tmp-77-0af3", "state", "d"))
   _touch(os.path.join(root, "orbax", ".step2.tmp-78-0af4.old", "m"), "old")  # moved aside, no new
+  verbosity = absl_logging.get_verbosity()
   absl_logging.set_verbosity(absl_logging.INFO)
-  with caplog.at_level("INFO"):
-    with workdir.claim(root):
-      pass
+  try:
+    with caplog.at_level("INFO"):
+      with workdir.claim(root):
+        pass
+  finally:
+    absl_logging.set_verbosity(verbosity)  # no leak into later tests
   left = sorted(
       os.path.relpath(os.path.join(t, n), root) for t, ds, fs in os.walk(root) for n in ds + fs)
   for rel in RESIDUE:
@@ -56,23 +58,13 @@ def test_patterns_match_what_the_writers_make(tmp_path):
 def test_a_nested_workdir_held_by_a_live_run_is_left_alone(tmp_path):
   root = tmp_path / "w"
   nested = root / "trends"
-  holder = subprocess.Popen([
-      sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
-      "from trajax import workdir; cm = workdir.claim(sys.argv[2]); cm.__enter__();"
-      "print('held', flush=True); sys.stdin.read()",
-      str(ROOT),
-      str(nested)
-  ], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
-  try:
-    assert holder.stdout.readline().strip() == "held"
+  with held_workdir(nested):
     _touch(str(nested / ".fig.png.tmp-123"))  # the live run's write in progress
     _touch(str(root / ".summary.json.tmp-5"))
     with workdir.claim(str(root)):
       pass
     assert (nested / ".fig.png.tmp-123").exists()
     assert not (root / ".summary.json.tmp-5").exists()
-  finally:
-    holder.communicate("")  # EOF on stdin: the holder exits and drops its lock
   with workdir.claim(str(root)):  # nobody holds the nested workdir now: swept too
     pass
   assert not (nested / ".fig.png.tmp-123").exists()
@@ -92,8 +84,10 @@ def test_claims_nest_only_inside_a_study(tmp_path):
 def test_single_conversion_sweeps_dead_converters_only(tmp_path):
   out = tmp_path / "orbax" / "step1"
   out.parent.mkdir()
-  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                        capture_output=True, text=True).stdout.strip()
+  # A pid no process can have (pids stay below pid_max). The pid of a process that just
+  # exited is not that: on a busy machine with a small pid_max it may be reused at once.
+  with open("/proc/sys/kernel/pid_max") as f:
+    dead = f.read().strip()
   (out.parent / f".step1.tmp-{dead}-00aa").mkdir()
   (out.parent / f".step1.tmp-{os.getpid()}-00bb").mkdir()  # this live process's own
   (out.parent / f".step2.tmp-{dead}-00cc").mkdir()  # another checkpoint's: not ours to judge
