@@ -106,3 +106,29 @@ class HFFields:
     if not isinstance(value, dict):
       raise self.error(key, "an object")
     return value
+
+
+# Fields a config.json may carry that do not change the forward pass: provenance, dtype,
+# training-only settings (dropout, init), generation defaults and task-head labels.
+NEUTRAL_FIELDS = frozenset({
+    "architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "_name_or_path",
+    "name_or_path", "_attn_implementation_autoset", "use_cache", "initializer_range",
+    "attention_dropout", "tokenizer_class", "output_attentions", "output_hidden_states",
+    "return_dict", "torchscript", "id2label", "label2id", "problem_type", "max_length",
+    "min_length", "do_sample", "temperature", "top_k", "top_p", "num_beams", "repetition_penalty",
+    "length_penalty", "no_repeat_ngram_size", "early_stopping", "num_return_sequences",
+    "sep_token_id", "decoder_start_token_id", "task_specific_params", "finetuning_task", "prefix"
+})
+
+
+def reject_unknown(hf: dict[str, Any], known, source: str, family: str) -> None:
+  """Every field of `hf` must be read (`known`) or neutral; anything else is a ValueError.
+
+  A setting trajax does not implement must never be dropped silently: the model
+  would load and score something other than what the checkpoint was trained as.
+  """
+  unknown = sorted(set(hf) - set(known) - NEUTRAL_FIELDS)
+  if unknown:
+    raise ValueError(f"{source}: field(s) {unknown} are not supported by trajax's {family} "
+                     f"family (it reads {sorted(known)}); a setting it cannot reproduce is "
+                     f"refused rather than ignored")
