@@ -92,6 +92,29 @@ def test_round_trip_logprobs_match_torch(tmp_path, variant):
   check_round_trip(tmp_path, hf_model("llama", **VARIANTS[variant]), "llama")
 
 
+@pytest.mark.parametrize("family,overrides", [
+    ("llama", dict(num_key_value_heads=2, rope_scaling=LLAMA3, rope_theta=100.0)),
+    ("olmo", dict(num_key_value_heads=1, clip_qkv=2.0)),
+    ("olmo2", dict(num_key_value_heads=2)),
+])
+def test_packed_rows_match_torch_per_sequence(tmp_path, family, overrides):
+  """Several sequences per row (`trajax.packing`), each scored as torch scores it alone."""
+  from trajax import packing
+  ref = hf_model(family, **overrides)
+  ref.save_pretrained(tmp_path)
+  rng = np.random.RandomState(0)
+  seqs = [rng.randint(3, 96, size=rng.randint(2, 20)).tolist() for _ in range(11)]
+  packed = packing.pack(seqs, row_len=40)
+  assert packed.tokens_bt.shape[0] < len(seqs)
+  lp_bt = trajax.Scorer(trajax.load_hf(tmp_path))(packed.tokens_bt,
+                                                  segment_ids_bt=packed.segment_ids_bt)
+  for seq, got in zip(seqs, packing.unpack(lp_bt, packed)):
+    ids = np.asarray([seq])
+    want = torch_logprobs(ref, ids, np.ones(ids.shape, bool))[0]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
 def test_rope_tables_equal_transformers():
   """inv_freq of every supported type against transformers' own rope init functions."""
   from transformers import LlamaConfig
