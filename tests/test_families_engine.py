@@ -7,6 +7,7 @@ from trajax import decoding, sweep
 from conftest import OPT_TOKENIZER, write_manifest
 from test_gpt_neo import hf_neo
 from test_gpt_neox import hf_neox
+from test_llama import hf_model
 
 # vocab 50272 so the real OPT tokenizer's ids fit every family (a shared tokenizer is what
 # two-model decoding needs; real Pythia/GPT-Neo checkpoints bring their own).
@@ -16,6 +17,12 @@ BUILDERS = {
                                   ),
     "gpt_neox": lambda seed: hf_neox(seed, vocab_size=VOCAB, rotary_pct=0.25, bos_token_id=2,
                                      eos_token_id=2),
+    "llama": lambda seed: hf_model("llama", seed, vocab_size=VOCAB, num_key_value_heads=2,
+                                   bos_token_id=2, eos_token_id=2),
+    "olmo": lambda seed: hf_model("olmo", seed, vocab_size=VOCAB, clip_qkv=4.0, tie_word_embeddings=
+                                  True, bos_token_id=2, eos_token_id=2),
+    "olmo2": lambda seed: hf_model("olmo2", seed, vocab_size=VOCAB, num_key_value_heads=1,
+                                   bos_token_id=2, eos_token_id=2),
 }
 
 
@@ -23,7 +30,7 @@ BUILDERS = {
 def test_sweep_scores_any_family(tmp_path, family):
   from conftest import torch_logprobs
   refs, ckpts = [], []
-  for k, step in enumerate((1, 2)):
+  for k, step in enumerate((1, 2, 5)):
     ref = BUILDERS[family](k)
     path = tmp_path / f"{family}/step{step}"
     ref.save_pretrained(path)

@@ -137,3 +137,17 @@ def test_table2_config():
   # Missing checkpoints stay missing (Appendix A: 125m has no 180K).
   assert 180_000 not in CFG.models.opt_125m.checkpoint_steps
   assert 28_000 not in CFG.models.opt_175b.checkpoint_steps
+
+
+def test_palm_attention_term_uses_the_configs_head_dim():
+  """A Llama with head_dim != hidden/heads (as Gemma-style configs have): Q is head_dim."""
+  from trajax.models import llama
+  cfg = llama.Config.from_hf_config({
+      "model_type": "llama", "vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
+      "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
+      "max_position_embeddings": 128
+  })
+  n = 1000
+  # 6N + 12·L·H·Q·T = 6,000 + 12·2·4·32·128 = 6,000 + 393,216 per token; 10 steps × 50 tokens.
+  got, _ = flops.training_flops_for_config(cfg, [10], 50, n_params=n)
+  assert got.tolist() == [10 * 50 * (6 * n + 12 * 2 * 4 * 32 * 128)]

@@ -7,13 +7,14 @@ from trajax import packing
 from conftest import hf_opt
 from test_gpt_neo import hf_neo
 from test_gpt_neox import hf_neox
+from test_llama import hf_model
 
 BUILDERS = {
     "opt": lambda: hf_opt(0, max_position_embeddings=64),
     "opt_post_ln": lambda: hf_opt(0, do_layer_norm_before=False, word_embed_proj_dim=8),
     "gpt_neo": lambda: hf_neo(0, window_size=5),
     "gpt_neox": lambda: hf_neox(0, rotary_pct=0.25),
-}
+}  # Llama, OLMo, OLMo-2: packed rows against torch directly, in test_llama.py
 
 
 def _sequences(vocab, n=11, seed=0):
@@ -54,6 +55,7 @@ LONG = {  # contexts longer than the CPU attention block
                                   max_position_embeddings=512),
     "gpt_neo": lambda: hf_neo(0, window_size=5, max_position_embeddings=512),
     "gpt_neox": lambda: hf_neox(0, rotary_pct=0.25, max_position_embeddings=512),
+    "llama_gqa": lambda: hf_model("llama", num_key_value_heads=2, max_position_embeddings=512),
 }
 
 

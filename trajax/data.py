@@ -1,9 +1,10 @@
 """Documents -> token blocks: the first N tokens of each document.
 
 The paper (App. B.1) takes 50 PG-19 validation documents and the first 2048
-tokens of each: 50 x 2047 = 102,350 context-token pairs. A block here is
-[BOS] + the document's first `block_len - 1` tokens (OPT prepends `</s>` as
-BOS), so a full block yields `block_len - 1` predictions, as the paper counts.
+tokens of each: 50 x 2047 = 102,350 context-token pairs. A block starts as the
+family's own tokenizer starts an encoded text (`special_prefix`): OPT's `</s>`,
+Llama's `<s>`, nothing for GPT-NeoX/Pythia and OLMo; then the document's first
+tokens, so a full block yields `block_len - 1` predictions, as the paper counts.
 Shorter documents are right-padded and masked (or skipped, if asked).
 """
 from __future__ import annotations
@@ -170,6 +171,28 @@ class Blocks:
     return h.hexdigest()
 
 
+# Encoded with and without special tokens to see what a tokenizer adds before a text.
+_PROBE = "Probe text, 12 tokens or so."
+
+
+def special_prefix(tokenizer) -> list[int]:
+  """The ids `tokenizer(text)` puts before the text's own tokens.
+
+  This is each family's BOS convention as its own tokenizer applies it: Llama's
+  `<s>` (add_bos_token), OPT's `</s>`; nothing for GPT-NeoX/Pythia and OLMo,
+  whose tokenizers add no BOS even where one is named. Suffixes (an EOS some
+  tokenizers append) are not part of a block: blocks are a document's first tokens.
+  """
+  with_ids = list(tokenizer(_PROBE)["input_ids"])
+  text_ids = list(tokenizer(_PROBE, add_special_tokens=False)["input_ids"])
+  for k in range(len(with_ids) - len(text_ids) + 1):
+    if with_ids[k:k + len(text_ids)] == text_ids:
+      return with_ids[:k]
+  raise ValueError(f"tokenizer {type(tokenizer).__name__}: encoding {_PROBE!r} with special "
+                   f"tokens ({with_ids}) does not contain its encoding without them ({text_ids}); "
+                   f"pass bos_id explicitly")
+
+
 def make_blocks(docs: list[Document], tokenizer, block_len: int = 2048, max_docs: int | None = 50,
                 bos_id: int | None = None, min_tokens: int = 2, pad_id: int = 1) -> Blocks:
   """The first `block_len` tokens ([BOS] + text) of each document, right-padded.
@@ -178,7 +201,9 @@ def make_blocks(docs: list[Document], tokenizer, block_len: int = 2048, max_docs
     docs: documents in order; the first `max_docs` usable ones are taken.
     tokenizer: an HF tokenizer.
     block_len: tokens per block including BOS.
-    bos_id: id to prepend (OPT: `</s>` = 2); default the tokenizer's bos_token_id;
+    bos_id: id to prepend; default (None) whatever the tokenizer itself puts before
+      a text (`special_prefix`: OPT's `</s>` = 2, Llama's `<s>` = 1, nothing for
+      GPT-NeoX/Pythia and OLMo), so a block starts as `tokenizer(text)` does;
       pass -1 for none.
     min_tokens: documents with fewer tokens than this (after BOS) are skipped.
   """
@@ -186,8 +211,10 @@ def make_blocks(docs: list[Document], tokenizer, block_len: int = 2048, max_docs
     raise ValueError(f"block_len must be >= 2, got {block_len}")
   if max_docs is not None and max_docs < 1:
     raise ValueError(f"max_docs must be None (all) or >= 1, got {max_docs}")
-  bos = tokenizer.bos_token_id if bos_id is None else bos_id
-  prefix = [] if bos is None or bos < 0 else [int(bos)]
+  if bos_id is None:
+    prefix = special_prefix(tokenizer)
+  else:
+    prefix = [] if bos_id < 0 else [int(bos_id)]
   rows, names = [], []
   for doc in docs:
     if max_docs is not None and len(rows) >= max_docs:

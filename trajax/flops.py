@@ -111,8 +111,8 @@ def training_flops_for_config(cfg, steps, tokens_per_step: int, n_params: int | 
   if method == "6nd":
     return training_flops_6nd(steps, tokens_per_step, n), n
   return training_flops_palm(steps, tokens_per_step, n, cfg.num_hidden_layers,
-                             cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads,
-                             seq_len or cfg.max_position_embeddings), n
+                             cfg.num_attention_heads, cfg.head_dim, seq_len or
+                             cfg.max_position_embeddings), n
 
 
 def trajectory_compute(model, cfg, seq_len: int = 0) -> dict:

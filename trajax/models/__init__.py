@@ -1,7 +1,7 @@
 """Model families, keyed by Hugging Face `config.json`'s `model_type`."""
 from __future__ import annotations
 
-from trajax.models import gpt_neo, gpt_neox, opt
+from trajax.models import gpt_neo, gpt_neox, llama, olmo, olmo2, opt
 
 # model_type -> module with `Config.from_hf_config`, `create`, the conversion table
 # (`hf_rules`, `normalize_hf_key`, `ignored_hf_keys`), `param_count` and `flops_params`.
@@ -9,6 +9,9 @@ FAMILIES = {
     "opt": opt,
     "gpt_neo": gpt_neo,
     "gpt_neox": gpt_neox,
+    "llama": llama,
+    "olmo": olmo,
+    "olmo2": olmo2,
 }
 
 

@@ -106,3 +106,37 @@ class HFFields:
     if not isinstance(value, dict):
       raise self.error(key, "an object")
     return value
+
+
+# Fields a config.json may carry that do not change the forward pass: provenance, dtype,
+# training-only settings (dropout, init), generation defaults and task-head labels.
+NEUTRAL_FIELDS = frozenset({
+    "architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "_name_or_path",
+    "name_or_path", "_attn_implementation_autoset", "use_cache", "initializer_range",
+    "attention_dropout", "tokenizer_class", "output_attentions", "output_hidden_states",
+    "return_dict", "torchscript", "id2label", "label2id", "problem_type", "max_length",
+    "min_length", "do_sample", "temperature", "top_k", "top_p", "num_beams", "repetition_penalty",
+    "length_penalty", "no_repeat_ngram_size", "early_stopping", "num_return_sequences",
+    "sep_token_id", "decoder_start_token_id", "task_specific_params", "finetuning_task", "prefix",
+    "chunk_size_feed_forward"
+})
+# Generic PretrainedConfig fields (`to_dict()` writes them all) that are neutral only at these
+# values: an encoder-decoder, cross-attention or pruned heads would change the model.
+NEUTRAL_AT = {
+    "is_encoder_decoder": False, "is_decoder": False, "add_cross_attention": False,
+    "tie_encoder_decoder": False, "pruned_heads": {}, "cross_attention_hidden_size": None
+}
+
+
+def reject_unknown(hf: dict[str, Any], known, source: str, family: str) -> None:
+  """Every field of `hf` must be read (`known`) or neutral; anything else is a ValueError.
+
+  A setting trajax does not implement must never be dropped silently: the model
+  would load and score something other than what the checkpoint was trained as.
+  """
+  unknown = sorted(k for k in set(hf) - set(known) - NEUTRAL_FIELDS
+                   if k not in NEUTRAL_AT or hf[k] != NEUTRAL_AT[k])
+  if unknown:
+    raise ValueError(f"{source}: field(s) {unknown} are not supported by trajax's {family} "
+                     f"family (it reads {sorted(known)}); a setting it cannot reproduce is "
+                     f"refused rather than ignored")
