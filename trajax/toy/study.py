@@ -17,7 +17,7 @@ from absl import logging
 
 from trajax import report, sweep
 from trajax import workdir as workdir_lib
-from trajax.analysis import generation, icl_study, token_study
+from trajax.analysis import decode_study, icl_study, token_study
 from trajax.toy import findings, train
 
 STAGES = ("train", "score", "trends", "decode", "icl", "report")
@@ -62,7 +62,7 @@ def _run_claimed(config, workdir: str) -> str:
   wire(config, workdir, manifest)
   _stage("score", lambda: sweep.run(config.score, workdir))
   trends_summary = _stage("trends", lambda: token_study.run(config.trends, workdir))
-  decode_out = _stage("decode", lambda: generation.run(config.decode, workdir))
+  decode_out = _stage("decode", lambda: decode_study.run(config.decode, workdir))
   icl_summary = _stage("icl", lambda: icl_study.run(config.icl, workdir))
   sections = findings.sections(workdir, trends_summary, decode_out, icl_summary)
   path = report.write(
