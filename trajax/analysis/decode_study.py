@@ -144,13 +144,13 @@ def _corrupted(config, docs, tokenizer, traj, order, checkpoint_stream) -> list[
                   tokenizer.unk_token_id) if i is not None
   ]
   finals = {name: traj.model(name).checkpoints[-1] for name in order}
+  steps = {name: c.step for name, c in finals.items()}
   return generation.corrupted_rows(
       seqs, {name: c.path for name, c in finals.items()},
       vocab_ids=corruption.candidate_ids(len(tokenizer), exclude=special),
       fractions=tuple(config.corrupted.fractions), max_length=config.corrupted.max_length,
-      seed=config.seed, bos_id=tokenizer.bos_token_id,
-      steps={name: c.step for name, c in finals.items()
-            }, checkpoint_stream=checkpoint_stream, batch_size=config.score_batch_size)
+      seed=config.seed, bos_id=tokenizer.bos_token_id, steps=steps,
+      checkpoint_stream=checkpoint_stream, batch_size=config.score_batch_size)
 
 
 def _run(config, workdir: str, out_dir: str) -> dict:
@@ -162,11 +162,12 @@ def _run(config, workdir: str, out_dir: str) -> dict:
   small_m = traj.model(config.small_model or order[0])
   large_m = traj.model(config.large_model or order[-1])
   tokenizer = checkpoints.load_tokenizer(config.tokenizer or large_m.checkpoints[-1].path)
-  checkpoint_stream = stream.CheckpointStream(config.dtype, config.get("mesh_shape", ""))
+  mesh_shape = config.get("mesh_shape", "")
+  checkpoint_stream = stream.CheckpointStream(config.dtype, mesh_shape)
   if config.score_batch_size % checkpoint_stream.data_parallel:
     raise ValueError(f"config.score_batch_size={config.score_batch_size} must be a multiple of "
                      f"the mesh's data axis ({checkpoint_stream.data_parallel}, config.mesh_shape="
-                     f"{config.mesh_shape!r})")
+                     f"{mesh_shape!r})")
   docs = data.read_documents(config.data.files, text_key=config.data.text_key,
                              gutenberg=config.data.gutenberg, log=logging.info)
   n = config.max_new_tokens
@@ -200,10 +201,10 @@ def _run(config, workdir: str, out_dir: str) -> dict:
     m = traj.model(name)
     ckpts[name] = [(c.step, c.path)
                    for c in (m.checkpoints if config.score_all_checkpoints else m.checkpoints[-1:])]
+  done = {(r["model"], r["step"]) for r in rows}
   generation.score_texts(texts, ckpts, checkpoint_stream=checkpoint_stream,
-                         batch_size=config.score_batch_size, done={
-                             (r["model"], r["step"]) for r in rows
-                         }, on_rows=save, log=logging.info)
+                         batch_size=config.score_batch_size, done=done, on_rows=save,
+                         log=logging.info)
   if writer:
     common.write_csv(rows, out["generated_ppl"], generation.PPL_FIELDS)
 
