@@ -8,7 +8,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from trajax import distributed
-from trajax.analysis import generation
+from trajax.analysis import decode_study
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Decoding config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
@@ -19,7 +19,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   distributed.initialize_from_flags()
-  for name, path in generation.run(_CONFIG.value, _WORKDIR.value).items():
+  for name, path in decode_study.run(_CONFIG.value, _WORKDIR.value).items():
     print(f"{name}\t{path}")
 
 

@@ -12,7 +12,7 @@ from flax import nnx
 import trajax
 from trajax import corruption, decoding
 from trajax.sampling import CONFIGS
-from trajax.analysis import generation
+from trajax.analysis import common, generation, generation_figures
 
 # Small model pre-LN; large model deeper and wider. "post_ln": the small one is
 # post-LN with project_in/out (as OPT-350m), so the pair mixes both variants.
@@ -233,9 +233,9 @@ def test_protocol_jsonl_round_trip_and_scores(pair, tmp_path):
                                     methods=("greedy",), max_new_tokens=N_NEW, seed=1, batch_size=4)
   assert len(texts) == 2 * len(prompts)
   path = tmp_path / "gen.jsonl"
-  generation.write_jsonl(texts, path)
+  common.write_jsonl(texts, path)
   assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
-  back = generation.read_jsonl(path)
+  back = common.read_jsonl(path)
   assert back == json.loads(json.dumps(texts))
   # Greedy "pl" texts are exactly the single-model generations.
   single = decoding.generate_single(large, np.asarray([p["prompt_ids"] for p in prompts]),
@@ -275,5 +275,6 @@ def test_protocol_corrupted_rows_and_figures(pair, tmp_path):
     nll -= lp.astype(np.float64).sum()
     count += lp.size
   np.testing.assert_allclose(row["ppl"], np.exp(nll / count), rtol=1e-5)
-  png, csv = generation.plot_corrupted(tmp_path / "fig5.png", rows, {"small": 1e3, "large": 2e3})
+  png, csv = generation_figures.plot_corrupted(tmp_path / "fig5.png", rows,
+                                               {"small": 1e3, "large": 2e3})
   assert os.path.getsize(png) > 0 and len(open(csv).read().splitlines()) == 1 + 6

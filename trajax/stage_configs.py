@@ -117,6 +117,9 @@ def decode() -> ml_collections.ConfigDict:
   config.tokenizer = ""
   # Parameter dtype: "float32" or "bfloat16" (logits and sampling are always float32).
   config.dtype = "float32"
+  # Device mesh (data, fsdp, tensor) as "8,1,1" or "-1,1,1" (-1 = the rest); "" = one device.
+  # Scoring splits batches over `data` (score_batch_size must be a multiple of it).
+  config.mesh_shape = ""
   # Model decoding as p_s; empty = the smallest model of the manifest (paper: 125m).
   config.small_model = ""
   # Model decoding as p_l; empty = the largest model of the manifest (paper: 30b).

@@ -22,7 +22,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from trajax import checkpoints, data, hf_checkpoints, safetensors_io, store
-from trajax.analysis import generation
+from trajax.analysis import common, generation
 
 # Each @settings below inherits the conftest profile: no deadline, no "too slow" health check,
 # derandomized, no example database.
@@ -644,7 +644,7 @@ def test_fuzzed_generation_jsonl(tmp_path, lines, fields):
   path.write_bytes(raw)
   bad, want = _read_jsonl_oracle(raw, fields)
   try:
-    got = generation.read_jsonl(path, fields=fields)
+    got = common.read_jsonl(path, fields=fields)  # how decode_study reads generations
   except ValueError as e:
     _refused("generation jsonl")
     assert bad is not None, f"unexpected error: {e}"
@@ -689,7 +689,7 @@ def test_fuzzed_generation_csv(tmp_path, data_, fields):
   path = tmp_path / "rows.csv"
   path.write_bytes(data_.draw(csv_files(fields)))
   try:
-    rows = generation._read_rows(path, fields)  # pylint: disable=protected-access
+    rows = generation.read_rows(path, fields)
   except ValueError as e:
     _refused("generation csv")
     assert str(path) in str(e), str(e)

@@ -1,4 +1,4 @@
-"""Sequence-level generation (paper §4, Appendix C): generate, score, corrupt, plot.
+"""Sequence-level generation (paper §4, Appendix C): prompts, decoding, scoring texts.
 
 Protocol (§4.2): prompts are the first 5 tokens of documents (after BOS); 50 new
 tokens (100 and 500 in App. C.5) are decoded from p' = λ1·p_s + λ2·p_l for each
@@ -9,36 +9,27 @@ configuration (exp of the mean NLL over all their continuation tokens). The
 corrupted-text experiment (§4.1, App. C.1) replaces 20..100% of the first 100
 tokens of each document with random ids and scores them with final checkpoints.
 
-Outputs are plain files: generated texts as JSONL (atomic writes), perplexity
-rows as CSV, figures as PNG + the CSV of the plotted numbers, a Table-1-style
-markdown table. `run(config, workdir)` is what `launch/decode.py` calls.
+Checkpoints are read through `trajax.stream.CheckpointStream` (HF or converted
+directories, the next one read while this one scores, on a mesh when the stream
+has one). Figures and the example table are in `generation_figures`; the whole
+stage (`launch/decode.py`) is `decode_study.run`.
 """
 from __future__ import annotations
 
-import csv
-import html
-import json
-import os
 import time
 from typing import Callable, Mapping, Sequence
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import logging  # noqa: E402
-from flax import nnx  # noqa: E402
+from trajax import corruption, data, decoding, sampling, stream
+from trajax.analysis import common
 
-from trajax import atomic, checkpoints, corruption, data, decoding, flops, sampling, trajectory  # noqa: E402
-from trajax import workdir as workdir_lib  # noqa: E402
-from trajax.analysis import common  # noqa: E402
-from trajax.scoring import Scorer  # noqa: E402
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Columns of generated_ppl_{N}.csv and corrupted_ppl.csv, and how their numbers parse.
 PPL_FIELDS = ("model", "step", "config", "method", "ppl", "n_texts", "n_tokens")
 CORRUPT_FIELDS = ("model", "step", "fraction", "ppl", "n_seqs", "n_tokens")
+NUMBERS = {
+    "step": int, "ppl": float, "fraction": float, "n_texts": int, "n_tokens": int, "n_seqs": int
+}
 
 # ---------------------------------------------------------------------------
 # Prompts and generation.
@@ -129,63 +120,8 @@ def generate_texts(small, large, prompts: Sequence[dict], tokenizer, *,
   return records
 
 
-def write_jsonl(records: Sequence[dict], path: str | os.PathLike) -> str:
-  """Writes one JSON object per line, atomically (tmp file + os.replace)."""
-  with atomic.atomic_open(path, "w") as f:
-    for r in records:
-      f.write(json.dumps(r, ensure_ascii=False) + "\n")
-  return os.fspath(path)
-
-
-def read_jsonl(path: str | os.PathLike, fields: Sequence[str] = ()) -> list[dict]:
-  """Reads a JSONL file written by `write_jsonl`: one JSON object per non-blank line.
-
-  Args:
-    path: the file.
-    fields: names every record must have.
-  Returns:
-    The records in file order. A damaged line (bad UTF-8 or JSON, not an object, a
-    field missing) is a ValueError naming `path:line`.
-  """
-  with open(path, "rb") as f:
-    raw = f.read()
-  out = []
-  for where, record in data.jsonl_objects(raw, os.fspath(path)):
-    missing = [k for k in fields if k not in record]
-    if missing:
-      raise ValueError(f"{where}: missing field(s) {missing}")
-    out.append(record)
-  return out
-
-
-def write_csv(rows: Sequence[dict], path: str | os.PathLike, fields: Sequence[str]) -> str:
-  """Writes dict rows as CSV atomically; floats keep full precision."""
-  with atomic.atomic_open(path, "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=list(fields))
-    w.writeheader()
-    for r in rows:
-      w.writerow({
-          k: repr(float(v)) if isinstance(v, (float, np.floating)) else v for k, v in r.items()
-          if k in fields
-      })
-  return os.fspath(path)
-
-
 # ---------------------------------------------------------------------------
-# Scoring.
-
-
-def _as_model(entry, load, dtype):
-  return entry if isinstance(entry, nnx.Module) else load(entry, dtype=dtype)
-
-
-def _checkpoint_list(name, entries):
-  if isinstance(entries, Mapping):
-    entries = sorted(entries.items())
-  entries = [(int(s), p) for s, p in entries]
-  if not entries:
-    raise ValueError(f"score_texts: model {name!r} has no checkpoints")
-  return entries
+# Scoring texts with checkpoints.
 
 
 def _continuation_block(texts: Sequence[dict]):
@@ -204,62 +140,84 @@ def _continuation_block(texts: Sequence[dict]):
   return ids, mask, cont
 
 
-def score_texts(texts: Sequence[dict], checkpoint_paths_by_model: Mapping[str, object], *,
-                dtype=jnp.float32, batch_size: int = 8, load=checkpoints.load,
+def _checkpoint_list(name, entries) -> list[tuple[int, str]]:
+  if isinstance(entries, Mapping):
+    entries = sorted(entries.items())
+  entries = [(int(s), p) for s, p in entries]
+  if not entries:
+    raise ValueError(f"score_texts: model {name!r} has no checkpoints")
+  return entries
+
+
+def _scored(checkpoint_stream: stream.CheckpointStream, items, batch_size: int):
+  """Yields (key, scorer) per (key, path): each checkpoint's weights in its architecture's scorer.
+
+  A checkpoint that cannot be read raises its error (the stage stops; a rerun resumes).
+  """
+  if batch_size % checkpoint_stream.data_parallel:
+    raise ValueError(f"batch_size={batch_size} must be a multiple of the mesh's data axis "
+                     f"({checkpoint_stream.data_parallel})")
+  for loaded in checkpoint_stream.iterate(items):
+    if loaded.error is not None:
+      raise loaded.error
+    scorer = checkpoint_stream.scorer(loaded.model)
+    loaded.model = None  # the scorer holds the weights; at most two checkpoints in memory
+    yield loaded.key, scorer
+
+
+def score_texts(texts: Sequence[dict], checkpoints_by_model: Mapping[str, object], *,
+                checkpoint_stream: stream.CheckpointStream | None = None, batch_size: int = 8,
                 done: set | None = None, on_rows: Callable[[list[dict]], None] | None = None,
                 log: Callable[[str], None] | None = None) -> list[dict]:
   """Perplexity of the generated continuations under every checkpoint.
 
-  Each model's scorer is split once and `set_state` swaps in each checkpoint,
-  so a trajectory compiles once per architecture.
+  The checkpoints are read through `checkpoint_stream` in the mapping's order
+  (the next one read while this one scores); one scorer per architecture, so a
+  trajectory compiles once.
 
   Args:
     texts: records from `generate_texts` (prompt_ids, generated_ids, config, method).
-    checkpoint_paths_by_model: {model: [(step, path_or_model), ...]} or
-      {model: {step: path_or_model}}; a path is read with `load(path, dtype=)`.
-    dtype: parameter dtype for loading.
-    batch_size: rows per scoring call.
-    load: checkpoint loader (default `checkpoints.load`: HF or converted).
+    checkpoints_by_model: {model: [(step, path), ...]} or {model: {step: path}}.
+    checkpoint_stream: how checkpoints are read (dtype, mesh, prefetch); default
+      float32 on one device.
+    batch_size: rows per scoring call (a multiple of the stream's `data_parallel`).
     done: (model, step) pairs to skip (resuming).
     on_rows: called with each checkpoint's new rows (e.g. to save progress).
+    log: progress messages.
   Returns:
     Rows {model, step, config, method, ppl, n_texts, n_tokens}; ppl = exp(mean
     NLL over every continuation token of the (config, method) group's texts).
   """
   if not texts:
     raise ValueError("score_texts: no texts")
+  checkpoint_stream = checkpoint_stream or stream.CheckpointStream()
   ids, mask, cont = _continuation_block(texts)
   groups = {}
   for i, t in enumerate(texts):
     groups.setdefault((t["config"], t.get("method", "")), []).append(i)
-  rows, done = [], done or set()
-  for name, entries in checkpoint_paths_by_model.items():
-    scorer = None
-    for step, entry in _checkpoint_list(name, entries):
-      if (name, step) in done:
-        continue
-      t0 = time.perf_counter()
-      model = _as_model(entry, load, dtype)
-      if scorer is None:
-        scorer = Scorer(model)
-      else:
-        scorer.set_state(model)
-      lp = scorer.score_blocks(ids, mask, batch_size=batch_size).astype(np.float64)
-      if not np.isfinite(lp[cont]).all():
-        raise FloatingPointError(f"{name} step {step}: non-finite log-probs on generated tokens")
-      new = []
-      for (config, method), idx in groups.items():
-        nll = -lp[idx][cont[idx]]
-        new.append({
-            "model": name, "step": step, "config": config, "method": method,
-            "ppl": float(np.exp(nll.mean())), "n_texts": len(idx), "n_tokens": int(nll.size)
-        })
-      rows += new
-      if on_rows:
-        on_rows(new)
-      if log:
-        log(f"scored {len(texts)} texts with {name} step {step} "
-            f"({time.perf_counter() - t0:.1f}s)")
+  done = done or set()
+  items = [((name, step), path) for name, entries in checkpoints_by_model.items()
+           for step, path in _checkpoint_list(name, entries) if (name, step) not in done]
+  rows = []
+  t0 = time.perf_counter()
+  for (name, step), scorer in _scored(checkpoint_stream, items, batch_size):
+    lp = scorer.score_blocks(ids, mask, batch_size=batch_size).astype(np.float64)
+    if not np.isfinite(lp[cont]).all():
+      raise FloatingPointError(f"{name} step {step}: non-finite log-probs on generated tokens")
+    new = []
+    for (config, method), idx in groups.items():
+      nll = -lp[idx][cont[idx]]
+      new.append({
+          "model": name, "step": step, "config": config, "method": method,
+          "ppl": float(np.exp(nll.mean())), "n_texts": len(idx), "n_tokens": int(nll.size)
+      })
+    rows += new
+    if on_rows:
+      on_rows(new)
+    if log:
+      log(f"scored {len(texts)} texts with {name} step {step} "
+          f"({time.perf_counter() - t0:.1f}s)")
+    t0 = time.perf_counter()
   return rows
 
 
@@ -283,11 +241,12 @@ def corruption_seed(seed: int, fraction: float, index: int) -> int:
                               int(index)]).generate_state(1)[0])
 
 
-def corrupted_rows(seqs: Sequence[np.ndarray], final_by_model: Mapping[str, object], *, vocab_ids,
+def corrupted_rows(seqs: Sequence[np.ndarray], final_by_model: Mapping[str, str], *, vocab_ids,
                    fractions: Sequence[float] = corruption.PAPER_FRACTIONS,
                    max_length: int = corruption.PAPER_MAX_LENGTH, seed: int = 0, bos_id: int = 2,
-                   steps: Mapping[str, int] | None = None, dtype=jnp.float32, batch_size: int = 8,
-                   load=checkpoints.load) -> list[dict]:
+                   steps: Mapping[str, int] | None = None,
+                   checkpoint_stream: stream.CheckpointStream | None = None,
+                   batch_size: int = 8) -> list[dict]:
   """Perplexity of corrupted documents under final checkpoints (paper Fig. 5 left).
 
   Sequence i at fraction f is `corruption.replace(seqs[i], f, vocab_ids,
@@ -296,16 +255,19 @@ def corrupted_rows(seqs: Sequence[np.ndarray], final_by_model: Mapping[str, obje
 
   Args:
     seqs: token id sequences (e.g. `document_tokens`).
-    final_by_model: {model: path or model} of each final checkpoint.
+    final_by_model: {model: path of its final checkpoint}, read in this order.
     vocab_ids: replacement candidates (`corruption.candidate_ids`).
     fractions: shares replaced (paper 0.2..1.0).
     max_length: cap before corrupting (paper 100).
     seed: base seed.
     bos_id: prepended id (-1: none).
     steps: {model: step} recorded in the rows (optional).
+    checkpoint_stream: how checkpoints are read (default float32 on one device).
+    batch_size: rows per scoring call (a multiple of the stream's `data_parallel`).
   Returns:
-    Rows {model, step, fraction, ppl, n_seqs, n_tokens}.
+    Rows {model, step, fraction, ppl, n_seqs, n_tokens}, model by model.
   """
+  checkpoint_stream = checkpoint_stream or stream.CheckpointStream()
   prefix = [] if bos_id is None or bos_id < 0 else [int(bos_id)]
   blocks = {}
   for f in fractions:
@@ -317,8 +279,7 @@ def corrupted_rows(seqs: Sequence[np.ndarray], final_by_model: Mapping[str, obje
     blocks[f] = _continuation_block(
         [{"prompt_ids": c[:1], "generated_ids": c[1:]} for c in corrupted])
   rows = []
-  for name, entry in final_by_model.items():
-    scorer = Scorer(_as_model(entry, load, dtype))
+  for name, scorer in _scored(checkpoint_stream, list(final_by_model.items()), batch_size):
     for f, (ids, mask, cont) in blocks.items():
       nll = -scorer.score_blocks(ids, mask, batch_size=batch_size).astype(np.float64)[cont]
       rows.append({
@@ -329,347 +290,22 @@ def corrupted_rows(seqs: Sequence[np.ndarray], final_by_model: Mapping[str, obje
 
 
 # ---------------------------------------------------------------------------
-# Table and figures.
+# The rows files.
 
 
-def _cell(text: str) -> str:
-  return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ⏎ ").strip()
+def read_rows(path, fields: Sequence[str]) -> list[dict]:
+  """The rows of a CSV this stage wrote with `fields` (`common.write_csv`); [] if absent.
 
-
-def example_table(texts: Sequence[dict], n_prompts: int = 2, fmt: str = "markdown") -> str:
-  """Table 1 style: for the first `n_prompts` prompts, the generation of every (method, config).
-
-  Args:
-    texts: records from `generate_texts`.
-    n_prompts: prompts shown.
-    fmt: "markdown" or "html".
-  Returns:
-    The table as a string.
+  Numbers are parsed (`NUMBERS`); only `step` may be empty (corrupted rows without
+  a step). A damaged file (bad UTF-8 or CSV, a column missing, a row of the
+  wrong width, a cell that is not the number its column holds) is a ValueError
+  naming the file.
   """
-  if fmt not in ("markdown", "html"):
-    raise ValueError(f"fmt must be 'markdown' or 'html', got {fmt!r}")
-  prompts = []
-  for t in texts:
-    key = (t["doc"], tuple(t["prompt_ids"]))
-    if key not in prompts:
-      prompts.append(key)
-  out = []
-  for key in prompts[:n_prompts]:
-    sel = [t for t in texts if (t["doc"], tuple(t["prompt_ids"])) == key]
-    if fmt == "markdown":
-      out.append(f"**Prompt:** {_cell(sel[0]['prompt_text'])}\n")
-      out.append("| method | config | generation |\n|---|---|---|")
-      out += [f"| {t['method']} | {t['config']} | {_cell(t['generated_text'])} |" for t in sel]
-      out.append("")
-    else:
-      out.append(f"<p><b>Prompt:</b> {html.escape(sel[0]['prompt_text'])}</p>")
-      out.append("<table><tr><th>method</th><th>config</th><th>generation</th></tr>")
-      out += [
-          f"<tr><td>{html.escape(t['method'])}</td><td>{html.escape(t['config'])}</td>"
-          f"<td>{html.escape(t['generated_text'])}</td></tr>" for t in sel
-      ]
-      out.append("</table>")
-  return "\n".join(out)
-
-
-def _png_csv(png_path) -> tuple[str, str]:
-  png = os.fspath(png_path)
-  if not png.endswith(".png"):
-    raise ValueError(f"figure path must end in .png, got {png!r}")
-  os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
-  return png, png[:-len(".png")] + ".csv"
-
-
-def _finish(fig, png):
-  fig.tight_layout()
-  try:
-    atomic.save_figure(fig, png, dpi=110)
-  finally:
-    plt.close(fig)
-
-
-def _sizes(rows, params_by_model):
-  missing = sorted({r["model"] for r in rows} - set(params_by_model))
-  if missing:
-    raise ValueError(f"params_by_model lacks model(s) {missing}")
-  return sorted({r["model"] for r in rows}, key=lambda m: params_by_model[m])
-
-
-def plot_corrupted(png_path, rows: Sequence[dict], params_by_model: Mapping[str, float]):
-  """Fig. 5 left: corrupted-text PPL vs model size, one line per fraction. Returns (png, csv)."""
-  png, csv_path = _png_csv(png_path)
-  models = _sizes(rows, params_by_model)
-  fig, ax = plt.subplots(figsize=(4.5, 3.5))
-  table = []
-  for f in sorted({r["fraction"] for r in rows}):
-    by = {r["model"]: r["ppl"] for r in rows if r["fraction"] == f}
-    xs = [params_by_model[m] for m in models if m in by]
-    ys = [by[m] for m in models if m in by]
-    ax.plot(xs, ys, marker="o", label=f"{round(100 * f)}%")
-    table += [{"model": m, "params": params_by_model[m], "fraction": f, "ppl": by[m]}
-              for m in models if m in by]
-  ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="perplexity",
-         title="Corrupted texts (final checkpoints)")
-  ax.legend(fontsize=7)
-  _finish(fig, png)
-  write_csv(table, csv_path, ("model", "params", "fraction", "ppl"))
-  return png, csv_path
-
-
-def _final_rows(rows):
-  last = {}
-  for r in rows:
-    last[r["model"]] = max(last.get(r["model"], r["step"]), r["step"])
-  return [r for r in rows if r["step"] == last[r["model"]]]
-
-
-def _configs(rows):
-  order = list(sampling.CONFIGS)
-  return sorted({r["config"] for r in rows}, key=lambda c: order.index(c) if c in order else 99)
-
-
-def plot_generated_scaling(png_path, rows: Sequence[dict], params_by_model: Mapping[str, float]):
-  """Fig. 6 row 1: PPL of generated texts vs model size at final checkpoints.
-
-  One panel per config, one line per method. Returns (png, csv).
-  """
-  png, csv_path = _png_csv(png_path)
-  rows = _final_rows(rows)
-  models = _sizes(rows, params_by_model)
-  configs = _configs(rows)
-  fig, axes = plt.subplots(1, len(configs), figsize=(3 * len(configs), 3), squeeze=False)
-  table = []
-  for ax, config in zip(axes[0], configs):
-    for method in sorted({r["method"] for r in rows}):
-      by = {r["model"]: r["ppl"] for r in rows if r["config"] == config and r["method"] == method}
-      ms = [m for m in models if m in by]
-      ax.plot([params_by_model[m] for m in ms], [by[m] for m in ms], marker="o", label=method)
-      table += [{
-          "config": config, "method": method, "model": m, "params": params_by_model[m], "ppl": by[m]
-      } for m in ms]
-    ax.set(xscale="log", title=config, xlabel="parameters")
-    ax.legend(fontsize=7)
-  axes[0][0].set_ylabel("perplexity")
-  _finish(fig, png)
-  write_csv(table, csv_path, ("config", "method", "model", "params", "ppl"))
-  return png, csv_path
-
-
-def plot_generated_trajectory(png_path, rows: Sequence[dict],
-                              x_by_model: Mapping[str, Mapping[int, float]], method: str,
-                              xlabel: str = "training FLOPs", logx: bool = True):
-  """Fig. 6 row 2 (x = FLOPs) or Fig. 16 (x = validation PPL): PPL along trajectories.
-
-  Args:
-    rows: `score_texts` rows.
-    x_by_model: {model: {step: x}}; checkpoints without an x are left out.
-    method: which decoding method's texts.
-  Returns:
-    (png, csv).
-  """
-  png, csv_path = _png_csv(png_path)
-  rows = [r for r in rows if r["method"] == method and r["model"] in x_by_model]
-  if not rows:
-    raise ValueError(f"no rows for method {method!r} and models {sorted(x_by_model)}")
-  configs = _configs(rows)
-  fig, axes = plt.subplots(1, len(configs), figsize=(3 * len(configs), 3), squeeze=False)
-  table = []
-  for ax, config in zip(axes[0], configs):
-    for model in x_by_model:
-      pts = sorted(
-          (r["step"], r["ppl"]) for r in rows
-          if r["config"] == config and r["model"] == model and r["step"] in x_by_model[model])
-      if not pts:
-        continue
-      xs = [x_by_model[model][s] for s, _ in pts]
-      ax.plot(xs, [p for _, p in pts], marker=".", label=model)
-      table += [{"config": config, "model": model, "step": s, "x": x_by_model[model][s], "ppl": p}
-                for s, p in pts]
-    ax.set(xscale="log" if logx else "linear", title=f"{config} ({method})", xlabel=xlabel)
-    ax.legend(fontsize=7)
-  axes[0][0].set_ylabel("perplexity")
-  _finish(fig, png)
-  write_csv(table, csv_path, ("config", "model", "step", "x", "ppl"))
-  return png, csv_path
-
-
-# ---------------------------------------------------------------------------
-# The whole experiment.
-
-
-def _params(model: trajectory.Model) -> int:
-  """The manifest's params, else counted from the final checkpoint's architecture."""
-  if model.params:
-    return model.params
-  fam, cfg = checkpoints.model_config(model.checkpoints[-1].path)
-  return int(fam.param_count(cfg))
-
-
-def _flops_by_step(model: trajectory.Model, seq_len: int) -> dict[int, float]:
-  """Training FLOPs per step (PaLM's 6N + 12LHQT, as the paper; `trajax.flops`)."""
-  _, cfg = checkpoints.model_config(model.checkpoints[-1].path)
-  f, _ = flops.training_flops_for_config(cfg, model.steps, model.tokens_per_step, seq_len=seq_len)
-  return dict(zip(model.steps, f.tolist()))
-
-
-def _read_rows(path, fields):
-  """The rows of a CSV that `write_csv` wrote with `fields`, numbers parsed; [] if absent.
-
-  A damaged file (bad UTF-8 or CSV, a column missing, a row of the wrong width, a
-  cell that is not the number its column holds) is a ValueError naming the file
-  and line.
-  """
-  if not os.path.exists(path):
-    return []
-  with open(path, "rb") as f:
-    raw = f.read()
-  try:
-    text = raw.decode("utf-8")
-  except UnicodeDecodeError as e:
-    lineno = raw.count(b"\n", 0, e.start) + 1
-    raise ValueError(f"{path}:{lineno}: invalid UTF-8 at byte {e.start}") from None
-  if not text.strip():  # nothing written yet: the rows are computed afresh
-    return []
-  parse = {
-      "step": int, "ppl": float, "fraction": float, "n_texts": int, "n_tokens": int, "n_seqs": int
-  }
-  # Split on "\n" only: a cell may hold other line separators (U+2028) that csv keeps.
-  reader = csv.reader(line + "\n" for line in text.split("\n"))
-  rows, header = [], None
-  try:
-    for cells in reader:
-      where = f"{path}:{reader.line_num}"
-      if header is None:
-        header = cells
-        missing = [k for k in fields if k not in header]
-        if missing:
-          raise ValueError(f"{where}: header {header} lacks column(s) {missing}")
-        continue
-      if not cells:  # a blank line
-        continue
-      if len(cells) != len(header):
-        raise ValueError(f"{where}: {len(cells)} values for the {len(header)} columns {header}")
-      r = dict(zip(header, cells))
-      for k in fields:
-        if k in parse and not (k == "step" and r[k] == ""):  # rows without a step keep ""
-          try:
-            r[k] = parse[k](r[k])
-          except ValueError:
-            raise ValueError(f"{where}: column {k!r} is {r[k]!r}; expected "
-                             f"{'an integer' if parse[k] is int else 'a number'}") from None
-      rows.append({k: r[k] for k in fields})
-  except csv.Error as e:  # NUL, an unclosed quote, a field over the size limit
-    raise ValueError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
-  return rows
-
-
-def run(config, workdir: str) -> dict:
-  """Generates with the small and large final checkpoints, scores, plots (paper §4).
-
-  Outputs go to `{workdir}/decode`; validation PPL (Fig. 16) is read from the
-  store under `config.store_dir` (default: `workdir`) when there is one.
-  Steps, each skipped when its output already exists (so a rerun resumes):
-  generations_{N}.jsonl → generated_ppl_{N}.csv (per checkpoint, saved as it
-  goes) → corrupted_ppl.csv → figures and examples_{N}.md.
-
-  Returns:
-    {name: path} of everything written.
-  """
-  with workdir_lib.claim(os.path.join(workdir, "decode")):
-    return _run_unlocked(config, workdir)
-
-
-def _run_unlocked(config, workdir: str) -> dict:
-  out_dir = os.path.join(workdir, "decode")
-  os.makedirs(out_dir, exist_ok=True)
-  traj = trajectory.load(config.trajectory, allow_outside_root=config.allow_outside_root)
-  params = {m.name: _params(m) for m in traj.models}
-  by_size = sorted(traj.models, key=lambda m: params[m.name])
-  small_m = traj.model(config.small_model) if config.small_model else by_size[0]
-  large_m = traj.model(config.large_model) if config.large_model else by_size[-1]
-  tokenizer = checkpoints.load_tokenizer(config.tokenizer or large_m.checkpoints[-1].path)
-  dtype = DTYPES[config.dtype]
-  docs = data.read_documents(config.data.files, text_key=config.data.text_key,
-                             gutenberg=config.data.gutenberg, log=logging.info)
-  n = config.max_new_tokens
-  out = {}
-
-  gen_path = os.path.join(out_dir, f"generations_{n}.jsonl")
-  if os.path.exists(gen_path):
-    texts = read_jsonl(gen_path, fields=("config", "method", "seed", "prompt_ids", "generated_ids"))
-    have = {(t["config"], t["method"], t["seed"]) for t in texts}
-    want = {(c, m, config.seed) for c in config.configs for m in config.methods}
-    if have != want:
-      raise ValueError(f"{gen_path}: holds (config, method, seed) {sorted(have)} but the config "
-                       f"asks for {sorted(want)}; use another workdir or delete the file")
-    logging.info("reusing %d generated texts from %s", len(texts), gen_path)
-  else:
-    prompts = make_prompts(docs, tokenizer, config.prompt_tokens, config.data.max_docs or None)
-    small = checkpoints.load(small_m.checkpoints[-1].path, dtype=dtype)
-    large = checkpoints.load(large_m.checkpoints[-1].path, dtype=dtype)
-    vocab = len(tokenizer) if config.vocab_size < 0 else (config.vocab_size or None)
-    logging.info("generating: small=%s large=%s, %d prompts, %d new tokens", small_m.name,
-                 large_m.name, len(prompts), n)
-    texts = generate_texts(small, large, prompts, tokenizer, configs=tuple(config.configs),
-                           methods=tuple(config.methods), max_new_tokens=n, top_p=config.top_p,
-                           temperature=config.temperature, seed=config.seed,
-                           batch_size=config.batch_size, eos_id=config.eos_id, vocab_size=vocab,
-                           log=logging.info)
-    del small, large
-    write_jsonl(texts, gen_path)
-  out["generations"] = gen_path
-  out["examples"] = os.path.join(out_dir, f"examples_{n}.md")
-  atomic.write_text(out["examples"], example_table(texts, config.table_prompts))
-
-  ppl_path = os.path.join(out_dir, f"generated_ppl_{n}.csv")
-  rows = _read_rows(ppl_path, PPL_FIELDS)
-  ckpts = {
-      m.name: [(c.step, c.path)
-               for c in (m.checkpoints if config.score_all_checkpoints else m.checkpoints[-1:])
-              ] for m in traj.models
-  }
-
-  def save(new):
-    rows.extend(new)
-    write_csv(rows, ppl_path, PPL_FIELDS)
-
-  score_texts(texts, ckpts, dtype=dtype, batch_size=config.score_batch_size,
-              done={(r["model"], r["step"]) for r in rows}, on_rows=save, log=logging.info)
-  write_csv(rows, ppl_path, PPL_FIELDS)
-  out["generated_ppl"] = ppl_path
-
-  if config.corrupted.enabled:
-    cpath = os.path.join(out_dir, "corrupted_ppl.csv")
-    crows = _read_rows(cpath, CORRUPT_FIELDS)
-    if not crows:
-      seqs = document_tokens(docs, tokenizer, config.corrupted.max_length,
-                             config.corrupted.max_docs or None)
-      special = [
-          i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
-                      tokenizer.unk_token_id) if i is not None
-      ]
-      vocab_ids = corruption.candidate_ids(len(tokenizer), exclude=special)
-      crows = corrupted_rows(seqs, {m.name: m.checkpoints[-1].path for m in traj.models},
-                             vocab_ids=vocab_ids, fractions=tuple(config.corrupted.fractions),
-                             max_length=config.corrupted.max_length, seed=config.seed,
-                             bos_id=tokenizer.bos_token_id,
-                             steps={m.name: m.checkpoints[-1].step for m in traj.models
-                                   }, dtype=dtype, batch_size=config.score_batch_size)
-      write_csv(crows, cpath, CORRUPT_FIELDS)
-    out["corrupted_ppl"] = cpath
-    out["fig5"] = plot_corrupted(os.path.join(out_dir, "fig5_corrupted.png"), crows, params)[0]
-
-  out["fig6_final"] = plot_generated_scaling(os.path.join(out_dir, f"fig6_final_{n}.png"), rows,
-                                             params)[0]
-  flops_by = {m.name: _flops_by_step(m, config.seq_len) for m in traj.models}
-  valid = {
-      m: v for m, v in (common.valid_ppl(config.store_dir or workdir) or {}).items() if m in params
-  }
-  for method in sorted({r["method"] for r in rows}):
-    out[f"fig6_flops_{method}"] = plot_generated_trajectory(
-        os.path.join(out_dir, f"fig6_flops_{method}_{n}.png"), rows, flops_by, method)[0]
-    if valid:
-      out[f"fig16_{method}"] = plot_generated_trajectory(
-          os.path.join(out_dir, f"fig16_valid_ppl_{method}_{n}.png"), rows, valid, method,
-          xlabel="validation perplexity", logx=True)[0]
-  return out
+  parse = {k: fn for k, fn in NUMBERS.items() if k in fields}
+  rows = common.read_csv(path, fields, parse=parse)
+  for n, r in enumerate(rows, 1):
+    for k in parse:
+      if k != "step" and r[k] == "":
+        raise ValueError(f"{path}: row {n}: column {k!r} is empty; expected "
+                         f"{'an integer' if parse[k] is int else 'a number'}")
+  return [{k: r[k] for k in fields} for r in rows]

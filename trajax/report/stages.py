@@ -145,7 +145,7 @@ def _existing(path: str) -> str | None:
 
 
 def _read_decode(stage_dir: str) -> dict:
-  """The files `trajax.analysis.generation.run` writes, found by their names."""
+  """The files `trajax.analysis.decode_study.run` writes, found by their names."""
   runs = []
   for path in glob.glob(os.path.join(glob.escape(stage_dir), "generated_ppl_*.csv")):
     m = re.fullmatch(r"generated_ppl_(\d+)\.csv", os.path.basename(path))
@@ -155,7 +155,7 @@ def _read_decode(stage_dir: str) -> dict:
   out["fig5"] = _existing(os.path.join(stage_dir, "fig5_corrupted.png"))
   out["runs"] = []
   for n, ppl_path in sorted(runs):
-    # The order generation.run draws them in: the final checkpoints, then per method
+    # The order decode_study.run draws them in: the final checkpoints, then per method
     # (sorted) the trajectories against FLOPs and against validation PPL.
     figures = [_existing(os.path.join(stage_dir, f"fig6_final_{n}.png"))]
     for method in sorted({r["method"] for r in read_csv(ppl_path) if "method" in r}):

@@ -17,7 +17,7 @@ from absl import logging
 
 from trajax import report, sweep
 from trajax import workdir as workdir_lib
-from trajax.analysis import generation, icl_study, token_study
+from trajax.analysis import decode_study, icl_study, token_study
 from trajax.toy import train
 
 STAGES = ("train", "score", "trends", "decode", "icl", "report")
@@ -64,7 +64,7 @@ def _run_claimed(config, workdir: str) -> str:
   wire(config, workdir, manifest)
   _stage("score", lambda: sweep.run(config.score, workdir))
   _stage("trends", lambda: token_study.run(config.trends, workdir))
-  _stage("decode", lambda: generation.run(config.decode, workdir))
+  _stage("decode", lambda: decode_study.run(config.decode, workdir))
   _stage("icl", lambda: icl_study.run(config.icl, workdir))
   path = _stage("report", lambda: report.build(workdir))
   logging.info("study done in %.0fs: %s", time.perf_counter() - t0, path)

@@ -1,0 +1,169 @@
+"""The decoding stage (paper §4) end to end: models by size, converted manifests, a mesh.
+
+One plain run over HF checkpoints is the reference for the others: the same
+manifest converted to orbax, and the same run on a (2, 2, 2) mesh of 8 CPU
+devices, must decode the same token ids and give the same perplexities (1e-5).
+The plain run itself is checked against independent references: the large
+model's own greedy decoding, torch's parameter count, per-text log-probs.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import trajax
+from configs import decode as decode_config
+from conftest import OPT_TOKENIZER, ROOT, hf_opt, save_hf, write_manifest
+from trajax import convert, decoding
+from trajax.analysis import common, decode_study, generation
+
+MODEL = dict(vocab_size=50272, num_hidden_layers=2, num_attention_heads=2,
+             max_position_embeddings=64)
+SIZES = {"l": 32, "s": 16}  # the manifest lists the large model first
+NEW_TOKENS = 6
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+  """(config, the plain run's outputs, the torch models by (name, step))."""
+  root = tmp_path_factory.mktemp("decode")
+  models, refs = {}, {}
+  for name, hidden in SIZES.items():
+    ckpts = []
+    for k, step in enumerate((10, 30)):
+      ref = hf_opt(10 * hidden + k, hidden_size=hidden, ffn_dim=2 * hidden, **MODEL)
+      ckpts.append((step, save_hf(ref, root / name / f"step{step}")))
+      refs[(name, step)] = ref
+    models[name] = (100, ckpts)
+  docs = root / "docs"
+  docs.mkdir()
+  for i in range(4):
+    (docs / f"{i}.txt").write_text(f"Document {i} tells of the river and the mill. " * 6)
+  config = decode_config.get_config()
+  config.trajectory = write_manifest(str(root / "traj.json"), models)
+  config.tokenizer = str(OPT_TOKENIZER)
+  config.data.files = str(docs / "*.txt")
+  config.configs = ("ps-pl", "pl")
+  config.max_new_tokens = NEW_TOKENS
+  config.batch_size = 4
+  config.score_batch_size = 4
+  config.corrupted.fractions = (0.2, 1.0)
+  config.corrupted.max_length = 16
+  out = decode_study.run(config, str(root / "plain"))
+  return config, out, refs
+
+
+def _outputs(out):
+  texts = common.read_jsonl(out["generations"])
+  rows = generation.read_rows(out["generated_ppl"], generation.PPL_FIELDS)
+  crows = generation.read_rows(out["corrupted_ppl"], generation.CORRUPT_FIELDS)
+  return texts, rows, crows
+
+
+def _assert_same(got, want):
+  """Token ids identical; every perplexity within 1e-5 (relative); rows in the same order."""
+  (texts, rows, crows), (texts0, rows0, crows0) = _outputs(got), _outputs(want)
+  key = lambda t: (t["config"], t["method"], t["doc"])
+  assert [key(t) for t in texts] == [key(t) for t in texts0]
+  assert [t["generated_ids"] for t in texts] == [t["generated_ids"] for t in texts0]
+  for a, b in ((rows, rows0), (crows, crows0)):
+    assert [{k: v for k, v in r.items() if k != "ppl"} for r in a] == \
+           [{k: v for k, v in r.items() if k != "ppl"} for r in b]
+    np.testing.assert_allclose([r["ppl"] for r in a], [r["ppl"] for r in b], rtol=1e-5)
+
+
+def test_plain_run_orders_models_by_size(plain):
+  config, out, refs = plain
+  texts, rows, crows = _outputs(out)
+  # The large model is the larger one, not the manifest's first: greedy "pl" texts are its own.
+  large = trajax.load_hf(os.path.join(os.path.dirname(config.trajectory), "l", "step30"))
+  pl = [t for t in texts if t["config"] == "pl" and t["method"] == "greedy"]
+  single = decoding.generate_single(large, np.asarray([t["prompt_ids"] for t in pl]),
+                                    max_new_tokens=NEW_TOKENS, vocab_size=50265)
+  assert [t["generated_ids"] for t in pl] == single.continuations()
+  # Rows smallest model first, each trajectory in step order.
+  assert [(r["model"], r["step"]) for r in rows[::4]] == [("s", 10), ("s", 30), ("l", 10),
+                                                          ("l", 30)]
+  assert [r["model"] for r in crows] == ["s", "s", "l", "l"]
+  # One row recomputed from the final small checkpoint's per-token log-probs.
+  small = trajax.load_hf(os.path.join(os.path.dirname(config.trajectory), "s", "step30"))
+  row = next(r for r in rows
+             if (r["model"], r["step"], r["config"], r["method"]) == ("s", 30, "ps-pl", "nucleus"))
+  nll = []
+  for t in texts:
+    if (t["config"], t["method"]) == ("ps-pl", "nucleus"):
+      lp = trajax.token_logprobs(small, np.asarray([t["prompt_ids"] + t["generated_ids"]]))
+      nll += (-lp[0, len(t["prompt_ids"]):]).tolist()
+  np.testing.assert_allclose(row["ppl"], np.exp(np.mean(nll)), rtol=1e-5)
+  # Model sizes on the figures' axes are torch's parameter counts.
+  fig = common.read_csv(out["fig6_final"][:-len(".png")] + ".csv", parse={"params": float})
+  params = {r["model"]: r["params"] for r in fig}
+  for name in SIZES:
+    assert params[name] == sum(p.numel() for p in refs[(name, 30)].parameters())
+
+
+def test_converted_manifest_equals_plain_run(plain, tmp_path):
+  config, out, _ = plain
+  config = config.copy_and_resolve_references()
+  config.trajectory = convert.convert_trajectory(config.trajectory, str(tmp_path / "orbax"))
+  config.tokenizer = str(OPT_TOKENIZER)
+  got = decode_study.run(config, str(tmp_path / "w"))
+  assert json.load(open(config.trajectory))["models"][0]["name"] == "l"
+  _assert_same(got, out)
+
+
+@pytest.mark.skipif(jax.device_count() < 8,
+                    reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
+def test_mesh_run_equals_plain_run(plain, tmp_path):
+  config, out, _ = plain
+  config = config.copy_and_resolve_references()
+  config.mesh_shape = "2,2,2"
+  got = decode_study.run(config, str(tmp_path / "w"))
+  _assert_same(got, out)
+  config.score_batch_size = 3
+  with pytest.raises(ValueError, match=r"score_batch_size=3 must be a multiple of the mesh's "
+                     r"data axis \(2"):
+    decode_study.run(config, str(tmp_path / "w2"))
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_process_run_equals_plain_run(plain, tmp_path):
+  """Two processes of 4 CPU devices on one (2, 2, 2) mesh: process 0 alone writes."""
+  config, out, _ = plain
+  workdir = tmp_path / "w"
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  flags = [
+      f"--config.trajectory={config.trajectory}", f"--config.tokenizer={config.tokenizer}",
+      f"--config.data.files={config.data.files}", "--config.configs=('ps-pl', 'pl')",
+      f"--config.max_new_tokens={NEW_TOKENS}", "--config.batch_size=4",
+      "--config.score_batch_size=4", "--config.corrupted.fractions=(0.2, 1.0)",
+      "--config.corrupted.max_length=16", "--config.mesh_shape=2,2,2", f"--workdir={workdir}",
+      f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"
+  ]
+  procs = [
+      subprocess.Popen([
+          sys.executable,
+          str(ROOT / "launch" / "decode.py"), f"--config={ROOT}/configs/decode.py", *flags,
+          f"--process_id={pid}"
+      ], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for pid in range(2)
+  ]
+  results = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, results):
+    assert p.returncode == 0, err[-3000:]
+  assert "8 global devices" in results[0][1]
+  # Both return the same outputs (the launcher prints "name<TAB>path"); the files are process 0's.
+  printed = [[line for line in o.splitlines() if "\t" in line] for o, _ in results]
+  assert printed[0] == printed[1] and any(p.startswith("generated_ppl") for p in printed[0])
+  got = dict(line.split("\t") for line in printed[0])
+  _assert_same(got, out)
