@@ -140,7 +140,7 @@ def test_unknown_model_type_lists_supported(tiny_ckpt):
   json.dump(cfg, open(os.path.join(path, "config.json"), "w"))
   with pytest.raises(
       ValueError, match=r"model_type 'llama9' is not supported; supported: "
-      r"\['gpt_neo', 'gpt_neox', 'opt'\]"):
+      r"\['gpt_neo', 'gpt_neox', 'llama', 'olmo', 'olmo2', 'opt'\]"):
     trajax.load_hf(path)
 
 
