@@ -6,6 +6,9 @@
 Both score the same random weights (one HF checkpoint written to a temp dir)
 on the same token ids; torch computes log_softmax over the full logits and
 gathers (what a researcher would write), trajax runs its fused chunked kernel.
+After one warm-up call each, the two sides alternate for `--rounds` rounds (torch,
+trajax, torch, ...) so both see the same machine load; the ratio reported is the
+median over rounds of torch time / trajax time, and the load average is printed.
 Peak memory is measured in fresh subprocesses (ru_maxrss) for batch 8 x 2048
 with vocab 50272.
 """
@@ -24,17 +27,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import SHAPES, make_checkpoint  # noqa: E402
 
 
-def time_it(fn, repeats):
-  fn()  # warm-up / compile
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+def alternate(fns, rounds):
+  """Per-call seconds of each of `fns` over `rounds` rounds run one after another."""
+  for fn in fns:
+    fn()  # warm-up / compile
+  times = [[] for _ in fns]
+  for _ in range(rounds):
+    for fn, out in zip(fns, times):
+      t0 = time.perf_counter()
+      fn()
+      out.append(time.perf_counter() - t0)
+  return [np.array(t) for t in times]
 
 
-def throughput(path, batch, length, repeats):
+def throughput(path, batch, length, rounds):
   import torch
   from transformers import OPTForCausalLM
   import trajax
@@ -54,8 +60,7 @@ def throughput(path, batch, length, repeats):
 
   a, b = jax_score()[:, 1:], torch_score().numpy()
   max_diff = float(np.max(np.abs(a - b)))
-  t_torch = time_it(torch_score, repeats)
-  t_jax = time_it(jax_score, repeats)
+  t_torch, t_jax = alternate([torch_score, jax_score], rounds)
   return t_jax, t_torch, max_diff
 
 
@@ -85,9 +90,9 @@ print([int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmH
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--shape", default="125m", choices=sorted(SHAPES))
-  p.add_argument("--batch", type=int, default=4)
+  p.add_argument("--batch", type=int, default=2)
   p.add_argument("--length", type=int, default=1024)
-  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--skip_memory", action="store_true")
   args = p.parse_args()
   import jax
@@ -95,21 +100,26 @@ def main():
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, args.shape)
     make_checkpoint(args.shape, path)
-    t_jax, t_torch, diff = throughput(path, args.batch, args.length, args.repeats)
+    load_before = os.getloadavg()[0]
+    t_jax, t_torch, diff = throughput(path, args.batch, args.length, args.rounds)
     tokens = args.batch * args.length
-    print(f"# score_cpu {datetime.date.today()} | {platform.machine()} {os.cpu_count()} CPU(s) | "
-          f"jax {jax.__version__} ({jax.default_backend()}) | torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads)")
+    print(f"# score_cpu {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | "
+          f"{platform.machine()} {os.cpu_count()} CPU(s) | jax {jax.__version__} "
+          f"({jax.default_backend()}) | torch {torch.__version__} ({torch.get_num_threads()} "
+          f"threads) | load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
     print(
         f"shape OPT-{args.shape} float32, vocab 50272, batch {args.batch} x {args.length} tokens, "
-        f"median of {args.repeats}; max |logprob diff| {diff:.2e}")
-    print("| impl | s/batch | tokens/s | ratio vs torch |")
+        f"{args.rounds} alternating rounds; max |logprob diff| {diff:.2e}")
+    print("round s: torch " + " ".join(f"{x:.3f}" for x in t_torch) + " | trajax " +
+          " ".join(f"{x:.3f}" for x in t_jax) + " | ratio " +
+          " ".join(f"{x:.2f}" for x in t_torch / t_jax))
+    med_torch, med_jax = float(np.median(t_torch)), float(np.median(t_jax))
+    print("| impl | s/batch (median) | tokens/s | ratio vs torch (median of rounds) |")
     print("|---|---|---|---|")
-    print(
-        f"| transformers PyTorch (sdpa, full log_softmax) | {t_torch:.3f} | {tokens / t_torch:,.0f}"
-        f" | 1.00x |")
-    print(f"| trajax (jit, fused chunked head) | {t_jax:.3f} | {tokens / t_jax:,.0f} | "
-          f"{t_torch / t_jax:.2f}x |")
+    print(f"| transformers PyTorch (sdpa, full log_softmax) | {med_torch:.3f} | "
+          f"{tokens / med_torch:,.0f} | 1.00x |")
+    print(f"| trajax (jit, fused chunked head) | {med_jax:.3f} | {tokens / med_jax:,.0f} | "
+          f"{float(np.median(t_torch / t_jax)):.2f}x |")
     if not args.skip_memory:
       mpath = os.path.join(tmp, "mem")
       make_checkpoint("mem", mpath)
