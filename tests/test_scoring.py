@@ -143,3 +143,31 @@ def test_longer_than_context_is_an_error_not_nan(tiny_ckpt):
   mask = np.zeros(ids.shape, bool)
   mask[:, :16] = True  # padding beyond the context is fine
   assert np.isfinite(trajax.token_logprobs(model, ids, mask)[:, 1:16]).all()
+
+
+@pytest.mark.parametrize("groups,vocab_size", [(0, 50), (4, 50), (7, 50), (32, 50), (8, 41)])
+def test_decoding_head_layouts_equal_the_plain_product(groups, vocab_size):
+  """`prepare_head` pads and groups the rows (50 rows: 7 and 32 groups need padding)."""
+  rng = np.random.RandomState(5)
+  h = rng.randn(6, 8).astype(np.float32)
+  w = rng.randn(50, 8).astype(np.float32)
+  head = scoring.prepare_head(jnp.asarray(w), groups)
+  got = np.asarray(scoring.head_logits(jnp.asarray(h), head, vocab_size))
+  want = h.astype(np.float64) @ w[:vocab_size].T.astype(np.float64)
+  assert got.shape == (6, vocab_size)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_single_query_attention_equals_full_attention():
+  """One query per row over a cache with padded and unwritten slots, as a decoding step."""
+  from trajax.models import layers
+  rng = np.random.RandomState(3)
+  q = jnp.asarray(rng.randn(3, 1, 2, 8).astype(np.float32))
+  k, v = (jnp.asarray(rng.randn(3, 11, 2, 8).astype(np.float32)) for _ in range(2))
+  valid = np.ones((3, 11), bool)
+  valid[0, :4] = False  # left padding
+  valid[2, 7:] = False  # slots not written yet
+  mask = layers.causal_mask(jnp.asarray([9]), jnp.arange(11), jnp.asarray(valid))
+  want = np.asarray(jax.nn.dot_product_attention(q, k, v, mask=mask, scale=1.0))
+  got = np.asarray(layers.single_query(q, k, v, mask))
+  np.testing.assert_allclose(got, want, atol=1e-6)

@@ -13,6 +13,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from trajax.models import stacked_cache
+from trajax.models.flash import ATTENTION_QUERY_BLOCK, causal_flash, single_query  # noqa: F401
+
 LAYERS = "layers"
 
 
@@ -29,8 +32,9 @@ def scan_layers(layers: nnx.Module, x, kv_cache: KVCache | None, call, per_layer
     layers: the module whose parameters are stacked on a leading `layers` axis.
     x: [batch, length, dim] input of the first layer.
     kv_cache: a KVCache to read and update in place, or None.
-    call: (layer, h, per_layer_i, kv) -> (h, kv); `kv` is this layer's
-      (k_bshd, v_bshd) or None without a cache.
+    call: (layer, h, per_layer_i, kv) -> (h, kv); `kv` is this layer's cache, for
+      `write_cache` ((k_bshd, v_bshd), or on a CPU a `stacked_cache.StackedLayerCache`
+      view), or None without a cache.
     per_layer: optional pytree of [layers, ...] arrays scanned alongside
       (e.g. GPT-Neo's window per layer).
   Returns:
@@ -55,6 +59,9 @@ def scan_layers(layers: nnx.Module, x, kv_cache: KVCache | None, call, per_layer
     v_lbshd = jax.lax.dynamic_update_index_in_dim(v_lbshd, v_bshd, i, 0)
     return (h, k_lbshd, v_lbshd), None
 
+  if jax.default_backend() == "cpu":  # no per-step copies of weights and caches
+    x, (k, v) = stacked_cache.unrolled(graphdef, state, x, kv_cache, call, per_layer)
+    return x, KVCache(k, v)
   n = kv_cache.k_lbshd.shape[0]
   (x, k, v), _ = jax.lax.scan(body_cached, (x, kv_cache.k_lbshd, kv_cache.v_lbshd),
                               (state, per_layer, jnp.arange(n)))
@@ -69,6 +76,8 @@ def write_cache(kv_cache, k_bthd, v_bthd, cache_index):
   """
   if kv_cache is None:
     return k_bthd, v_bthd, None
+  if isinstance(kv_cache, stacked_cache.StackedLayerCache):
+    return stacked_cache.write(kv_cache, k_bthd, v_bthd, cache_index)
   k_bshd, v_bshd = kv_cache
   start = (0, cache_index, 0, 0)
   k_bshd = jax.lax.dynamic_update_slice(k_bshd, k_bthd.astype(k_bshd.dtype), start)
@@ -260,15 +269,11 @@ def segment_positions(segment_ids_bt: jax.Array):
   return jnp.where(segment_ids_bt > 0, slots - start, -1)
 
 
-# Block size of CPU attention over long sequences: queries per block for the general
-# path, queries and keys per block for the causal flash path.
-ATTENTION_QUERY_BLOCK = 128
-
-
 def attention(q_bthd, k_bshd, v_bshd, mask_b1ts, implementation: str | None = None,
               query_block: int = ATTENTION_QUERY_BLOCK, causal_segments_bt=None):
   """Softmax attention; q is pre-scaled (OPT scales q after its bias).
 
+  `implementation=None` on CPU with one query (a decoding step): `single_query`.
   `implementation=None` on CPU with sequences longer than `query_block`:
     * `causal_segments_bt` given (no cache: query t is key slot t and the mask
       is `segment_mask(causal_segments_bt)`): flash attention in blocks with
@@ -286,7 +291,10 @@ def attention(q_bthd, k_bshd, v_bshd, mask_b1ts, implementation: str | None = No
   """
   b, t, h, d = q_bthd.shape
   s = k_bshd.shape[1]
-  blockwise = implementation is None and jax.default_backend() == "cpu" and t > query_block
+  on_cpu = implementation is None and jax.default_backend() == "cpu"
+  if on_cpu and t == 1:
+    return single_query(q_bthd, k_bshd, v_bshd, mask_b1ts)
+  blockwise = on_cpu and t > query_block
   if not blockwise:
     return jax.nn.dot_product_attention(q_bthd, k_bshd, v_bshd, mask=mask_b1ts, scale=1.0,
                                         is_causal=causal_segments_bt is not None,
@@ -303,70 +311,3 @@ def attention(q_bthd, k_bshd, v_bshd, mask_b1ts, implementation: str | None = No
       lambda qm: jax.nn.dot_product_attention(qm[0], k_bshd, v_bshd, mask=qm[1], scale=1.0,
                                               implementation="xla"), (q_nbqhd, m_nb1qs))
   return out.swapaxes(0, 1).reshape(b, t + pad, h, d)[:, :t]
-
-
-def causal_flash(q_bthd, k_bthd, v_bthd, segment_ids_bt, block: int = ATTENTION_QUERY_BLOCK):
-  """Causal attention with an online softmax, tile by tile (Dao et al. 2022).
-
-  One batch row at a time (`lax.map`), so a tile of scores is [heads, block, block]
-  (768 KiB for 12 heads and 128) and stays in a core's L2 cache whatever the batch;
-  for query block i a `fori_loop` over key blocks 0..i-1, which need no causal
-  compare, then the diagonal block i with it (the causal skip). Keys and values
-  are laid out block-major once, so a key block is a leading index. Scores are
-  accumulated in float32. `bench/attention_cpu.py` measured the alternatives.
-
-  Args:
-    q_bthd, k_bthd, v_bthd: [batch, length, heads, head_dim]; q pre-scaled.
-    segment_ids_bt: [batch, length] int; a query sees earlier keys of its own
-      segment; 0 marks padding (a bool mask works: True = segment 1).
-    block: queries and keys per tile.
-  Returns:
-    [batch, length, heads, head_dim] in q's dtype.
-  """
-  b, t, h, d = q_bthd.shape
-  pad = -t % block
-  if pad:
-    widths = ((0, 0), (0, pad), (0, 0), (0, 0))
-    q_bthd, k_bthd, v_bthd = (jnp.pad(x, widths) for x in (q_bthd, k_bthd, v_bthd))
-    segment_ids_bt = jnp.pad(segment_ids_bt, ((0, 0), (0, pad)))
-  n = (t + pad) // block
-  seg_bnk = segment_ids_bt.astype(jnp.int32).reshape(b, n, block)
-
-  def tiles(x_bthd):
-    return x_bthd.reshape(b, n, block, h, d).transpose(0, 1, 3, 2, 4)
-
-  causal_qk = jnp.arange(block)[None, :] <= jnp.arange(block)[:, None]
-
-  def one_row(args):
-    q_nhqd, k_nhkd, v_nhkd, seg_nk = args
-
-    def query_block(args):
-      i, q_hqd, seg_q = args
-
-      def key_block(j, carry, diagonal):
-        m_hq1, l_hq1, acc_hqd = carry
-        s_hqk = jnp.einsum("hqd,hkd->hqk", q_hqd, k_nhkd[j], preferred_element_type=jnp.float32)
-        seg_k = seg_nk[j]
-        visible_qk = (seg_q[:, None] == seg_k[None, :]) & (seg_k > 0)[None, :]
-        if diagonal:
-          visible_qk = visible_qk & causal_qk
-        s_hqk = jnp.where(visible_qk[None], s_hqk, -jnp.inf)
-        m_new = jnp.maximum(m_hq1, s_hqk.max(-1, keepdims=True))
-        m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-        p_hqk = jnp.exp(s_hqk - m_safe)
-        rescale = jnp.exp(jnp.where(jnp.isfinite(m_hq1), m_hq1 - m_safe, -jnp.inf))
-        v_hkd = v_nhkd[j]
-        acc_hqd = acc_hqd * rescale + jnp.einsum("hqk,hkd->hqd", p_hqk.astype(v_hkd.dtype), v_hkd,
-                                                 preferred_element_type=jnp.float32)
-        return m_new, l_hq1 * rescale + p_hqk.sum(-1, keepdims=True), acc_hqd
-
-      init = (jnp.full((h, block, 1), -jnp.inf, jnp.float32), jnp.zeros(
-          (h, block, 1), jnp.float32), jnp.zeros((h, block, d), jnp.float32))
-      carry = jax.lax.fori_loop(0, i, lambda j, c: key_block(j, c, False), init)
-      _, l_hq1, acc_hqd = key_block(i, carry, True)
-      return (acc_hqd / jnp.where(l_hq1 > 0, l_hq1, 1.0)).astype(q_hqd.dtype)
-
-    return jax.lax.map(query_block, (jnp.arange(n), q_nhqd, seg_nk))
-
-  out_bnhqd = jax.lax.map(one_row, (tiles(q_bthd), tiles(k_bthd), tiles(v_bthd), seg_bnk))
-  return out_bnhqd.transpose(0, 1, 3, 2, 4).reshape(b, t + pad, h, d)[:, :t]
