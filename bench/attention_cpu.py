@@ -11,14 +11,15 @@ each variant's ratio is the median over rounds of (torch time / variant time) in
 round. The error column is max |variant - float64 reference| over the output.
 
 Variants (all exact in float32 unless the name says bf16):
-  trajax           `layers.causal_flash` as shipped: one batch row at a time, tiles of
-                   [heads, 128, 128], block-major K/V, causal compare on diagonal tiles only,
-                   compiled with `xla_cpu.options()` (YNNPACK for reductions only).
+  trajax           `layers.causal_flash` as shipped: tiles of [rows x heads, 128, 128] with
+                   rows x heads ~ 24 (the whole batch of 2 here), block-major K/V, causal
+                   compare on diagonal tiles only, compiled with `xla_cpu.options()`
+                   (YNNPACK for reductions only).
+  trajax rows=1    the same with one batch row per tile ([heads, 128, 128], lax.map over rows).
   trajax/b64, /b256  the same with 64- or 256-token tiles.
   trajax xla-default / ynn-off   the same kernel with XLA's default CPU options / with
                    YNNPACK off entirely.
   old/b256, old/b128   the previous kernel: the whole batch in each tile, every tile masked.
-  bh-merged        batch and heads merged into one dot batch dimension, all rows per tile.
   bthd-layout      no block-major copy: tiles sliced from [length, heads, dim] per row.
   rows/b128        no online softmax: each query block against all its keys in one dot
                    (scores [heads, 128, up to length]) and one softmax.
@@ -92,7 +93,8 @@ def _online(carry, s, v, pv_eq):
 
 
 def merged_flash(q_bthd, k_bthd, v_bthd, seg_bt, block, layout="merged"):
-  """Tiles with batch x heads as one dot batch dim ("merged"), or per row from BTHD."""
+  """Tiles with batch x heads as one dot batch dim ("merged", as trajax for batch 2), or
+  ("bthd") per row from the [length, heads, dim] layout without a block-major copy."""
   import jax
   import jax.numpy as jnp
   b, t, h, d = q_bthd.shape
@@ -203,6 +205,7 @@ def variants():
   """name -> (function of (q, k, v, seg), XLA option set name, input dtype)."""
   import jax
   import jax.numpy as jnp
+  from trajax.models import flash as flash_module
   from trajax.models import layers
 
   def sdpa(q, k, v, seg, causal):
@@ -215,6 +218,15 @@ def variants():
       return layers.causal_flash(q, k, v, seg, 128)
 
   flash = lambda blk: (lambda q, k, v, s: layers.causal_flash(q, k, v, s, blk))
+
+  def one_row_tiles(q, k, v, seg):
+    saved = flash_module.FLASH_TILE_SLICES
+    flash_module.FLASH_TILE_SLICES = 1  # read at trace time: tiles of one batch row
+    try:
+      return layers.causal_flash(q, k, v, seg, 128)
+    finally:
+      flash_module.FLASH_TILE_SLICES = saved
+
   return {
       "trajax": (flash(128), "trajax", jnp.float32),
       "trajax/b64": (flash(64), "trajax", jnp.float32),
@@ -223,7 +235,7 @@ def variants():
       "trajax ynn-off": (flash(128), "ynn-off", jnp.float32),
       "old/b256": (functools.partial(old_flash, block=256), "default", jnp.float32),
       "old/b128": (functools.partial(old_flash, block=128), "trajax", jnp.float32),
-      "bh-merged": (functools.partial(merged_flash, block=128), "trajax", jnp.float32),
+      "trajax rows=1": (one_row_tiles, "trajax", jnp.float32),
       "bthd-layout": (functools.partial(merged_flash, block=128,
                                         layout="bthd"), "trajax", jnp.float32),
       "rows/b128": (functools.partial(rows_attention, block=128), "trajax", jnp.float32),

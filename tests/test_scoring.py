@@ -69,14 +69,16 @@ def test_score_blocks_pads_last_batch(tiny_ckpt):
   np.testing.assert_allclose(scorer.score_blocks(ids, batch_size=2), scorer(ids), atol=1e-6)
 
 
-@pytest.mark.parametrize("block", [8, 16, 64])
-def test_causal_flash_equals_full_attention(block):
+@pytest.mark.parametrize("block,heads", [(8, 2), (16, 2), (64, 2), (16, 7)])
+def test_causal_flash_equals_full_attention(block, heads):
+  """7 heads: tiles of 3 batch rows (`FLASH_TILE_SLICES` 24), so 4 rows pad to 6."""
   from trajax.models import layers
   rng = np.random.RandomState(1)
-  q, k, v = (jnp.asarray(rng.randn(3, 45, 2, 8).astype(np.float32)) for _ in range(3))
-  valid = np.ones((3, 45), bool)
+  q, k, v = (jnp.asarray(rng.randn(4, 45, heads, 8).astype(np.float32)) for _ in range(3))
+  valid = np.ones((4, 45), bool)
   valid[1, 30:] = False  # right padding
   valid[2, :7] = False  # left padding
+  valid[3, 10:] = False
   slots = np.arange(45)
   mask = layers.causal_mask(slots, slots, valid)
   whole = np.asarray(jax.nn.dot_product_attention(q, k, v, mask=mask, scale=1.0))

@@ -34,15 +34,21 @@ def single_query(q_b1hd, k_bshd, v_bshd, mask_b1ts):
   return out_bhd[:, None].astype(q_b1hd.dtype)
 
 
+# Batch rows per step of `causal_flash`, as (rows x heads) slices per tile: 24 is two rows of
+# OPT-125m's 12 heads, a [24, 128, 128] float32 score tile of 1.5 MiB.
+FLASH_TILE_SLICES = 24
+
+
 def causal_flash(q_bthd, k_bthd, v_bthd, segment_ids_bt, block: int = ATTENTION_QUERY_BLOCK):
   """Causal attention with an online softmax, tile by tile (Dao et al. 2022).
 
-  One batch row at a time (`lax.map`), so a tile of scores is [heads, block, block]
-  (768 KiB for 12 heads and 128) and stays in a core's L2 cache whatever the batch;
-  for query block i a `fori_loop` over key blocks 0..i-1, which need no causal
-  compare, then the diagonal block i with it (the causal skip). Keys and values
-  are laid out block-major once, so a key block is a leading index. Scores are
-  accumulated in float32. `bench/attention_cpu.py` measured the alternatives.
+  The batch goes `rows` rows at a time (`lax.map` over groups; rows x heads about
+  `FLASH_TILE_SLICES`), so a score tile [rows x heads, block, block] stays near a core's
+  L2 cache whatever the batch, and its dots have one batch dimension. For query block i
+  a `fori_loop` over key blocks 0..i-1, which need no causal compare, then the diagonal
+  block i with it (the causal skip). Keys and values are laid out block-major once, so a
+  key block is a leading index. Scores are accumulated in float32.
+  `bench/attention_cpu.py` measured the alternatives.
 
   Args:
     q_bthd, k_bthd, v_bthd: [batch, length, heads, head_dim]; q pre-scaled.
@@ -53,49 +59,53 @@ def causal_flash(q_bthd, k_bthd, v_bthd, segment_ids_bt, block: int = ATTENTION_
     [batch, length, heads, head_dim] in q's dtype.
   """
   b, t, h, d = q_bthd.shape
-  pad = -t % block
-  if pad:
-    widths = ((0, 0), (0, pad), (0, 0), (0, 0))
+  rows = max(1, min(b, FLASH_TILE_SLICES // h))
+  pad_t, pad_b = -t % block, -b % rows
+  if pad_t or pad_b:  # padded rows are segment 0: they see nothing and are dropped
+    widths = ((0, pad_b), (0, pad_t), (0, 0), (0, 0))
     q_bthd, k_bthd, v_bthd = (jnp.pad(x, widths) for x in (q_bthd, k_bthd, v_bthd))
-    segment_ids_bt = jnp.pad(segment_ids_bt, ((0, 0), (0, pad)))
-  n = (t + pad) // block
-  seg_bnk = segment_ids_bt.astype(jnp.int32).reshape(b, n, block)
+    segment_ids_bt = jnp.pad(segment_ids_bt, ((0, pad_b), (0, pad_t)))
+  groups, n, g = (b + pad_b) // rows, (t + pad_t) // block, rows * h
+  seg_anrk = segment_ids_bt.astype(jnp.int32).reshape(groups, rows, n, block).swapaxes(1, 2)
 
-  def tiles(x_bthd):
-    return x_bthd.reshape(b, n, block, h, d).transpose(0, 1, 3, 2, 4)
+  def tiles(x_bthd):  # [groups, n, rows x heads, block, dim]
+    x = x_bthd.reshape(groups, rows, n, block, h, d).transpose(0, 2, 1, 4, 3, 5)
+    return x.reshape(groups, n, g, block, d)
 
   causal_qk = jnp.arange(block)[None, :] <= jnp.arange(block)[:, None]
 
-  def one_row(args):
-    q_nhqd, k_nhkd, v_nhkd, seg_nk = args
+  def one_group(args):
+    q_ngqd, k_ngkd, v_ngkd, seg_nrk = args
 
     def query_block(args):
-      i, q_hqd, seg_q = args
+      i, q_gqd, seg_rq = args
 
       def key_block(j, carry, diagonal):
-        m_hq1, l_hq1, acc_hqd = carry
-        s_hqk = jnp.einsum("hqd,hkd->hqk", q_hqd, k_nhkd[j], preferred_element_type=jnp.float32)
-        seg_k = seg_nk[j]
-        visible_qk = (seg_q[:, None] == seg_k[None, :]) & (seg_k > 0)[None, :]
+        m_gq1, l_gq1, acc_gqd = carry
+        s_gqk = jnp.einsum("gqd,gkd->gqk", q_gqd, k_ngkd[j], preferred_element_type=jnp.float32)
+        seg_rk = seg_nrk[j]
+        visible_rqk = (seg_rq[:, :, None] == seg_rk[:, None, :]) & (seg_rk > 0)[:, None, :]
         if diagonal:
-          visible_qk = visible_qk & causal_qk
-        s_hqk = jnp.where(visible_qk[None], s_hqk, -jnp.inf)
-        m_new = jnp.maximum(m_hq1, s_hqk.max(-1, keepdims=True))
+          visible_rqk = visible_rqk & causal_qk
+        s_rhqk = jnp.where(visible_rqk[:, None], s_gqk.reshape(rows, h, block, block), -jnp.inf)
+        s_gqk = s_rhqk.reshape(g, block, block)
+        m_new = jnp.maximum(m_gq1, s_gqk.max(-1, keepdims=True))
         m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-        p_hqk = jnp.exp(s_hqk - m_safe)
-        rescale = jnp.exp(jnp.where(jnp.isfinite(m_hq1), m_hq1 - m_safe, -jnp.inf))
-        v_hkd = v_nhkd[j]
-        acc_hqd = acc_hqd * rescale + jnp.einsum("hqk,hkd->hqd", p_hqk.astype(v_hkd.dtype), v_hkd,
+        p_gqk = jnp.exp(s_gqk - m_safe)
+        rescale = jnp.exp(jnp.where(jnp.isfinite(m_gq1), m_gq1 - m_safe, -jnp.inf))
+        v_gkd = v_ngkd[j]
+        acc_gqd = acc_gqd * rescale + jnp.einsum("gqk,gkd->gqd", p_gqk.astype(v_gkd.dtype), v_gkd,
                                                  preferred_element_type=jnp.float32)
-        return m_new, l_hq1 * rescale + p_hqk.sum(-1, keepdims=True), acc_hqd
+        return m_new, l_gq1 * rescale + p_gqk.sum(-1, keepdims=True), acc_gqd
 
-      init = (jnp.full((h, block, 1), -jnp.inf, jnp.float32), jnp.zeros(
-          (h, block, 1), jnp.float32), jnp.zeros((h, block, d), jnp.float32))
+      init = (jnp.full((g, block, 1), -jnp.inf, jnp.float32), jnp.zeros(
+          (g, block, 1), jnp.float32), jnp.zeros((g, block, d), jnp.float32))
       carry = jax.lax.fori_loop(0, i, lambda j, c: key_block(j, c, False), init)
-      _, l_hq1, acc_hqd = key_block(i, carry, True)
-      return (acc_hqd / jnp.where(l_hq1 > 0, l_hq1, 1.0)).astype(q_hqd.dtype)
+      _, l_gq1, acc_gqd = key_block(i, carry, True)
+      return (acc_gqd / jnp.where(l_gq1 > 0, l_gq1, 1.0)).astype(q_gqd.dtype)
 
-    return jax.lax.map(query_block, (jnp.arange(n), q_nhqd, seg_nk))
+    return jax.lax.map(query_block, (jnp.arange(n), q_ngqd, seg_nrk))
 
-  out_bnhqd = jax.lax.map(one_row, (tiles(q_bthd), tiles(k_bthd), tiles(v_bthd), seg_bnk))
-  return out_bnhqd.transpose(0, 1, 3, 2, 4).reshape(b, t + pad, h, d)[:, :t]
+  out_angqd = jax.lax.map(one_group, (tiles(q_bthd), tiles(k_bthd), tiles(v_bthd), seg_anrk))
+  out = out_angqd.reshape(groups, n, rows, h, block, d).transpose(0, 2, 1, 4, 3, 5)
+  return out.reshape(b + pad_b, t + pad_t, h, d)[:b, :t]
