@@ -26,21 +26,29 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import SHAPES, make_checkpoint  # noqa: E402
 
+CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
 
-def alternate(fns, rounds):
-  """Per-call seconds of each of `fns` over `rounds` rounds run one after another."""
+
+def alternate(fns, rounds, clock="wall"):
+  """Per-call seconds of each of `fns` over `rounds` rounds run one after another.
+
+  `clock="process"` counts this process's CPU time (all its threads) instead of wall time:
+  with one thread per side (see `main`) it measures work per call, which other jobs on a
+  shared machine disturb far less than wall time.
+  """
+  now = CLOCKS[clock]
   for fn in fns:
     fn()  # warm-up / compile
   times = [[] for _ in fns]
   for _ in range(rounds):
     for fn, out in zip(fns, times):
-      t0 = time.perf_counter()
+      t0 = now()
       fn()
-      out.append(time.perf_counter() - t0)
+      out.append(now() - t0)
   return [np.array(t) for t in times]
 
 
-def throughput(path, batch, length, rounds):
+def throughput(path, batch, length, rounds, clock="wall"):
   import torch
   from transformers import OPTForCausalLM
   import trajax
@@ -60,7 +68,7 @@ def throughput(path, batch, length, rounds):
 
   a, b = jax_score()[:, 1:], torch_score().numpy()
   max_diff = float(np.max(np.abs(a - b)))
-  t_torch, t_jax = alternate([torch_score, jax_score], rounds)
+  t_torch, t_jax = alternate([torch_score, jax_score], rounds, clock)
   return t_jax, t_torch, max_diff
 
 
@@ -94,22 +102,31 @@ def main():
   p.add_argument("--length", type=int, default=1024)
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--skip_memory", action="store_true")
+  p.add_argument(
+      "--clock", default="wall", choices=sorted(CLOCKS),
+      help="process: CPU time; run as XLA_FLAGS=--xla_cpu_multi_thread_eigen=false "
+      "taskset -c 1 ... --torch_threads=1 for one thread per side")
+  p.add_argument("--torch_threads", type=int, default=0, help="0: torch's default")
   args = p.parse_args()
   import jax
   import torch
+  if args.torch_threads:
+    torch.set_num_threads(args.torch_threads)
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, args.shape)
     make_checkpoint(args.shape, path)
     load_before = os.getloadavg()[0]
-    t_jax, t_torch, diff = throughput(path, args.batch, args.length, args.rounds)
+    t_jax, t_torch, diff = throughput(path, args.batch, args.length, args.rounds, args.clock)
     tokens = args.batch * args.length
     print(f"# score_cpu {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | "
           f"{platform.machine()} {os.cpu_count()} CPU(s) | jax {jax.__version__} "
           f"({jax.default_backend()}) | torch {torch.__version__} ({torch.get_num_threads()} "
-          f"threads) | load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
+          f"threads) | XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} | CPUs usable "
+          f"{len(os.sched_getaffinity(0))} | load average {load_before:.2f} before, "
+          f"{os.getloadavg()[0]:.2f} after")
     print(
         f"shape OPT-{args.shape} float32, vocab 50272, batch {args.batch} x {args.length} tokens, "
-        f"{args.rounds} alternating rounds; max |logprob diff| {diff:.2e}")
+        f"{args.rounds} alternating rounds, {args.clock} clock; max |logprob diff| {diff:.2e}")
     print("round s: torch " + " ".join(f"{x:.3f}" for x in t_torch) + " | trajax " +
           " ".join(f"{x:.3f}" for x in t_jax) + " | ratio " +
           " ".join(f"{x:.2f}" for x in t_torch / t_jax))
