@@ -48,7 +48,31 @@ def alternate(fns, rounds, clock="wall"):
   return [np.array(t) for t in times]
 
 
-def throughput(path, batch, length, rounds, clock="wall"):
+def baseline_scorer(scorer):
+  """Scores as trajax did before issue 16 (commit 148a6db): the blockwise causal kernel of
+  that time (whole batch per tile, 256-token tiles, every tile masked), the head in
+  128-token chunks over the whole vocabulary, XLA's default CPU options."""
+  import jax.numpy as jnp
+  from bench.attention_cpu import old_flash
+  from trajax import scoring
+  from trajax.models import layers
+
+  def score(ids):
+    tokens = jnp.asarray(ids, jnp.int32)
+    segments = jnp.ones(ids.shape, jnp.int32)
+    saved = layers.causal_flash
+    layers.causal_flash = lambda q, k, v, seg, block: old_flash(q, k, v, seg, 256)
+    try:  # the patch matters while tracing only: static args (128, 0) compile once
+      return np.asarray(
+          scoring._score.plain(scorer.graphdef, scorer.state, tokens, segments, 128, 0))
+    finally:
+      layers.causal_flash = saved
+
+  return score
+
+
+def throughput(path, batch, length, rounds, clock="wall", baseline=False):
+  """Per-call seconds [rounds] of (trajax, torch, baseline or None) and the max |Δ log-prob|."""
   import torch
   from transformers import OPTForCausalLM
   import trajax
@@ -68,8 +92,13 @@ def throughput(path, batch, length, rounds, clock="wall"):
 
   a, b = jax_score()[:, 1:], torch_score().numpy()
   max_diff = float(np.max(np.abs(a - b)))
-  t_torch, t_jax = alternate([torch_score, jax_score], rounds, clock)
-  return t_jax, t_torch, max_diff
+  fns = [torch_score, jax_score]
+  if baseline:
+    base = baseline_scorer(scorer)
+    max_diff = max(max_diff, float(np.max(np.abs(base(ids)[:, 1:] - b))))
+    fns.append(lambda: base(ids))
+  times = alternate(fns, rounds, clock)
+  return times[1], times[0], (times[2] if baseline else None), max_diff
 
 
 def peak_memory(which, path):
@@ -107,6 +136,8 @@ def main():
       help="process: CPU time; run as XLA_FLAGS=--xla_cpu_multi_thread_eigen=false "
       "taskset -c 1 ... --torch_threads=1 for one thread per side")
   p.add_argument("--torch_threads", type=int, default=0, help="0: torch's default")
+  p.add_argument("--baseline", action="store_true",
+                 help="also time trajax as of commit 148a6db, in the same rounds")
   args = p.parse_args()
   import jax
   import torch
@@ -116,7 +147,8 @@ def main():
     path = os.path.join(tmp, args.shape)
     make_checkpoint(args.shape, path)
     load_before = os.getloadavg()[0]
-    t_jax, t_torch, diff = throughput(path, args.batch, args.length, args.rounds, args.clock)
+    t_jax, t_torch, t_base, diff = throughput(path, args.batch, args.length, args.rounds,
+                                              args.clock, args.baseline)
     tokens = args.batch * args.length
     print(f"# score_cpu {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | "
           f"{platform.machine()} {os.cpu_count()} CPU(s) | jax {jax.__version__} "
@@ -137,6 +169,11 @@ def main():
           f"{tokens / med_torch:,.0f} | 1.00x |")
     print(f"| trajax (jit, fused chunked head) | {med_jax:.3f} | {tokens / med_jax:,.0f} | "
           f"{float(np.median(t_torch / t_jax)):.2f}x |")
+    if t_base is not None:
+      med_base = float(np.median(t_base))
+      print(f"| trajax before issue 16 (148a6db kernel) | {med_base:.3f} | "
+            f"{tokens / med_base:,.0f} | {float(np.median(t_torch / t_base)):.2f}x |")
+      print("round s baseline " + " ".join(f"{x:.3f}" for x in t_base))
     if not args.skip_memory:
       mpath = os.path.join(tmp, "mem")
       make_checkpoint("mem", mpath)
