@@ -15,6 +15,7 @@ side stops at EOS, so both run exactly 50 steps.
   python bench/decode_bench.py            # CPU small shapes when no GPU
   python bench/decode_bench.py --nocpu_small --batches=1,32
 """
+import datetime
 import os
 import sys
 import tempfile
@@ -35,7 +36,14 @@ _CPU_SMALL = flags.DEFINE_bool("cpu_small", not _HAS_GPU, "Small shapes on CPU."
 _BATCHES = flags.DEFINE_list("batches", ["1", "32"], "Batch sizes.")
 _NEW = flags.DEFINE_integer("new_tokens", 50, "Tokens generated per row.")
 _PROMPT = flags.DEFINE_integer("prompt_tokens", 5, "Prompt tokens after BOS.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs (median reported) after one warm-up.")
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 3, "Alternating rounds (medians reported) after one "
+    "warm-up of each side.")
+_CLOCK = flags.DEFINE_enum(
+    "clock", "wall", ["wall", "process"], "process: this process's CPU time (CPU only; for one "
+    "thread per side run as XLA_FLAGS=--xla_cpu_multi_thread_eigen=false taskset -c 1 ... "
+    "--torch_threads=1).")
+_TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0, "0: every core (CPU) / default (GPU).")
 
 # OPT-125m / OPT-6.7b (HF facebook/opt-*) and the CPU stand-ins.
 GPU_SHAPES = (dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, ffn_dim=3072),
@@ -101,16 +109,22 @@ def torch_decode(ms, ml, ids, n):
   return torch.stack(toks, 1)
 
 
-def timed(fn, repeats, sync=lambda: None):
-  fn()
-  sync()
-  times, out = [], None
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    out = fn()
+def alternate(fns, rounds, sync, clock):
+  """Runs `fns` (warm-up each, then `rounds` rounds, one after another); returns per-call
+  seconds [len(fns), rounds] and each function's last output."""
+  now = time.process_time if clock == "process" else time.perf_counter
+  outs = []
+  for fn in fns:
+    outs.append(fn())
     sync()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times)), out
+  times = np.zeros((len(fns), rounds))
+  for r in range(rounds):
+    for i, fn in enumerate(fns):
+      t0 = now()
+      outs[i] = fn()
+      sync()
+      times[i, r] = now() - t0
+  return times, outs
 
 
 def weight_bytes(model):
@@ -121,7 +135,9 @@ def main(argv):
   del argv
   cpu_small = _CPU_SMALL.value
   shapes = CPU_SHAPES if cpu_small else GPU_SHAPES
-  if cpu_small:
+  if _TORCH_THREADS.value:
+    torch.set_num_threads(_TORCH_THREADS.value)
+  elif cpu_small:
     torch.set_num_threads(os.cpu_count())
   n = _NEW.value
   with tempfile.TemporaryDirectory() as tmp:
@@ -131,27 +147,36 @@ def main(argv):
   roof_bw = None if cpu_small else next(
       (v for k, v in BANDWIDTH.items() if k in dev.device_kind), None)
   wbytes = weight_bytes(js) + weight_bytes(jl)
+  print(f"# decode_bench {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | "
+        f"jax {jax.__version__} | torch {torch.__version__} ({torch.get_num_threads()} threads) | "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} | CPUs usable "
+        f"{len(os.sched_getaffinity(0))} | load average {os.getloadavg()[0]:.2f}")
   print(f"device: {dev.device_kind} ({dev.platform}); small {shapes[0]} large {shapes[1]}; "
         f"vocab 50272; {'float32' if cpu_small else 'bfloat16'}; weights "
-        f"{wbytes / 2**20:.0f} MiB; {n} new tokens, prompt BOS + {_PROMPT.value}")
-  header = ("batch", "trajax tok/s", "torch tok/s", "ratio", "trajax ms/step", "torch ms/step",
-            "roof ms/step", "tokens equal")
+        f"{wbytes / 2**20:.0f} MiB; {n} new tokens, prompt BOS + {_PROMPT.value}; "
+        f"{_REPEATS.value} alternating rounds, {_CLOCK.value} clock (medians)")
+  header = ("batch", "trajax tok/s", "torch tok/s", "ratio (median of rounds)", "trajax ms/step",
+            "torch ms/step", "roof ms/step", "tokens equal", "load after")
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for b in [int(x) for x in _BATCHES.value]:
     rng = np.random.RandomState(b)
     ids = rng.randint(4, 50265, size=(b, _PROMPT.value + 1)).astype(np.int32)
     ids[:, 0] = 2
-    print(f"batch {b}: trajax ...", flush=True)
-    t_j, g = timed(
-        lambda: decoding.generate(js, jl, ids, max_new_tokens=n, lambdas="ps-pl", stop_at_eos=False
-                                 ), _REPEATS.value)
     ids_t = torch.tensor(ids, dtype=torch.long, device="cpu" if cpu_small else "cuda")
-    print(f"batch {b}: torch ...", flush=True)
-    t_t, tt = timed(lambda: torch_decode(ts, tl, ids_t, n), _REPEATS.value, sync)
+    print(f"batch {b}: trajax and torch, alternating ...", flush=True)
+    times, (g, tt) = alternate([
+        lambda: decoding.generate(js, jl, ids, max_new_tokens=n, lambdas="ps-pl", stop_at_eos=False
+                                 ), lambda: torch_decode(ts, tl, ids_t, n)
+    ], _REPEATS.value, sync, _CLOCK.value)
+    t_j, t_t = np.median(times, axis=1)
+    print(
+        f"batch {b}: round s trajax {np.round(times[0], 3).tolist()} torch "
+        f"{np.round(times[1], 3).tolist()}", flush=True)
     equal = (f"{(g.tokens_bn == tt.cpu().numpy()).mean():.3f}" if same else "n/a (random)")
     roof = f"{wbytes / roof_bw * 1e3:.2f}" if roof_bw else "-"
-    lines.append(f"| {b} | {b * n / t_j:.1f} | {b * n / t_t:.1f} | {t_t / t_j:.2f} | "
-                 f"{t_j / n * 1e3:.2f} | {t_t / n * 1e3:.2f} | {roof} | {equal} |")
+    lines.append(f"| {b} | {b * n / t_j:.1f} | {b * n / t_t:.1f} | "
+                 f"{np.median(times[1] / times[0]):.2f} | {t_j / n * 1e3:.2f} | "
+                 f"{t_t / n * 1e3:.2f} | {roof} | {equal} | {os.getloadavg()[0]:.2f} |")
   print("\n".join(lines))
 
 

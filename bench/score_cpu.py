@@ -6,6 +6,9 @@
 Both score the same random weights (one HF checkpoint written to a temp dir)
 on the same token ids; torch computes log_softmax over the full logits and
 gathers (what a researcher would write), trajax runs its fused chunked kernel.
+After one warm-up call each, the two sides alternate for `--rounds` rounds (torch,
+trajax, torch, ...) so both see the same machine load; the ratio reported is the
+median over rounds of torch time / trajax time, and the load average is printed.
 Peak memory is measured in fresh subprocesses (ru_maxrss) for batch 8 x 2048
 with vocab 50272.
 """
@@ -23,18 +26,53 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import SHAPES, make_checkpoint  # noqa: E402
 
-
-def time_it(fn, repeats):
-  fn()  # warm-up / compile
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
 
 
-def throughput(path, batch, length, repeats):
+def alternate(fns, rounds, clock="wall"):
+  """Per-call seconds of each of `fns` over `rounds` rounds run one after another.
+
+  `clock="process"` counts this process's CPU time (all its threads) instead of wall time:
+  with one thread per side (see `main`) it measures work per call, which other jobs on a
+  shared machine disturb far less than wall time.
+  """
+  now = CLOCKS[clock]
+  for fn in fns:
+    fn()  # warm-up / compile
+  times = [[] for _ in fns]
+  for _ in range(rounds):
+    for fn, out in zip(fns, times):
+      t0 = now()
+      fn()
+      out.append(now() - t0)
+  return [np.array(t) for t in times]
+
+
+def baseline_scorer(scorer):
+  """Scores as trajax did before issue 16 (commit 148a6db): the blockwise causal kernel of
+  that time (whole batch per tile, 256-token tiles, every tile masked), the head in
+  128-token chunks over the whole vocabulary, XLA's default CPU options."""
+  import jax.numpy as jnp
+  from bench.attention_cpu import old_flash
+  from trajax import scoring
+  from trajax.models import layers
+
+  def score(ids):
+    tokens = jnp.asarray(ids, jnp.int32)
+    segments = jnp.ones(ids.shape, jnp.int32)
+    saved = layers.causal_flash
+    layers.causal_flash = lambda q, k, v, seg, block: old_flash(q, k, v, seg, 256)
+    try:  # the patch matters while tracing only: static args (128, 0) compile once
+      return np.asarray(
+          scoring._score.plain(scorer.graphdef, scorer.state, tokens, segments, 128, 0))
+    finally:
+      layers.causal_flash = saved
+
+  return score
+
+
+def throughput(path, batch, length, rounds, clock="wall", baseline=False):
+  """Per-call seconds [rounds] of (trajax, torch, baseline or None) and the max |Δ log-prob|."""
   import torch
   from transformers import OPTForCausalLM
   import trajax
@@ -54,9 +92,13 @@ def throughput(path, batch, length, repeats):
 
   a, b = jax_score()[:, 1:], torch_score().numpy()
   max_diff = float(np.max(np.abs(a - b)))
-  t_torch = time_it(torch_score, repeats)
-  t_jax = time_it(jax_score, repeats)
-  return t_jax, t_torch, max_diff
+  fns = [torch_score, jax_score]
+  if baseline:
+    base = baseline_scorer(scorer)
+    max_diff = max(max_diff, float(np.max(np.abs(base(ids)[:, 1:] - b))))
+    fns.append(lambda: base(ids))
+  times = alternate(fns, rounds, clock)
+  return times[1], times[0], (times[2] if baseline else None), max_diff
 
 
 def peak_memory(which, path):
@@ -85,31 +127,53 @@ print([int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmH
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--shape", default="125m", choices=sorted(SHAPES))
-  p.add_argument("--batch", type=int, default=4)
+  p.add_argument("--batch", type=int, default=2)
   p.add_argument("--length", type=int, default=1024)
-  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--skip_memory", action="store_true")
+  p.add_argument(
+      "--clock", default="wall", choices=sorted(CLOCKS),
+      help="process: CPU time; run as XLA_FLAGS=--xla_cpu_multi_thread_eigen=false "
+      "taskset -c 1 ... --torch_threads=1 for one thread per side")
+  p.add_argument("--torch_threads", type=int, default=0, help="0: torch's default")
+  p.add_argument("--baseline", action="store_true",
+                 help="also time trajax as of commit 148a6db, in the same rounds")
   args = p.parse_args()
   import jax
   import torch
+  if args.torch_threads:
+    torch.set_num_threads(args.torch_threads)
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, args.shape)
     make_checkpoint(args.shape, path)
-    t_jax, t_torch, diff = throughput(path, args.batch, args.length, args.repeats)
+    load_before = os.getloadavg()[0]
+    t_jax, t_torch, t_base, diff = throughput(path, args.batch, args.length, args.rounds,
+                                              args.clock, args.baseline)
     tokens = args.batch * args.length
-    print(f"# score_cpu {datetime.date.today()} | {platform.machine()} {os.cpu_count()} CPU(s) | "
-          f"jax {jax.__version__} ({jax.default_backend()}) | torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads)")
+    print(f"# score_cpu {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC | "
+          f"{platform.machine()} {os.cpu_count()} CPU(s) | jax {jax.__version__} "
+          f"({jax.default_backend()}) | torch {torch.__version__} ({torch.get_num_threads()} "
+          f"threads) | XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} | CPUs usable "
+          f"{len(os.sched_getaffinity(0))} | load average {load_before:.2f} before, "
+          f"{os.getloadavg()[0]:.2f} after")
     print(
         f"shape OPT-{args.shape} float32, vocab 50272, batch {args.batch} x {args.length} tokens, "
-        f"median of {args.repeats}; max |logprob diff| {diff:.2e}")
-    print("| impl | s/batch | tokens/s | ratio vs torch |")
+        f"{args.rounds} alternating rounds, {args.clock} clock; max |logprob diff| {diff:.2e}")
+    print("round s: torch " + " ".join(f"{x:.3f}" for x in t_torch) + " | trajax " +
+          " ".join(f"{x:.3f}" for x in t_jax) + " | ratio " +
+          " ".join(f"{x:.2f}" for x in t_torch / t_jax))
+    med_torch, med_jax = float(np.median(t_torch)), float(np.median(t_jax))
+    print("| impl | s/batch (median) | tokens/s | ratio vs torch (median of rounds) |")
     print("|---|---|---|---|")
-    print(
-        f"| transformers PyTorch (sdpa, full log_softmax) | {t_torch:.3f} | {tokens / t_torch:,.0f}"
-        f" | 1.00x |")
-    print(f"| trajax (jit, fused chunked head) | {t_jax:.3f} | {tokens / t_jax:,.0f} | "
-          f"{t_torch / t_jax:.2f}x |")
+    print(f"| transformers PyTorch (sdpa, full log_softmax) | {med_torch:.3f} | "
+          f"{tokens / med_torch:,.0f} | 1.00x |")
+    print(f"| trajax (jit, fused chunked head) | {med_jax:.3f} | {tokens / med_jax:,.0f} | "
+          f"{float(np.median(t_torch / t_jax)):.2f}x |")
+    if t_base is not None:
+      med_base = float(np.median(t_base))
+      print(f"| trajax before issue 16 (148a6db kernel) | {med_base:.3f} | "
+            f"{tokens / med_base:,.0f} | {float(np.median(t_torch / t_base)):.2f}x |")
+      print("round s baseline " + " ".join(f"{x:.3f}" for x in t_base))
     if not args.skip_memory:
       mpath = os.path.join(tmp, "mem")
       make_checkpoint("mem", mpath)

@@ -173,11 +173,11 @@ def test_new_weights_reuse_the_compilation(pair, tiny_ckpt):
   small, large, *_ = pair()
   ids, mask = _prompts(ragged=False)
   decoding.generate(small, large, ids, mask, max_new_tokens=N_NEW, lambdas="ps-pl")
-  size = decoding._generate._cache_size()  # pylint: disable=protected-access
+  size = decoding._generate.active()._cache_size()  # pylint: disable=protected-access
   other, _ = tiny_ckpt("large_other", seed=7, **LARGE)
   decoding.generate(small, trajax.load_hf(other), ids, mask, max_new_tokens=N_NEW, lambdas="pl-ps",
                     seed=5, stop_at_eos=False)
-  assert decoding._generate._cache_size() == size  # pylint: disable=protected-access
+  assert decoding._generate.active()._cache_size() == size  # pylint: disable=protected-access
 
 
 def test_errors_name_what_was_expected(pair, tiny_ckpt):

@@ -10,13 +10,16 @@ from trajax.models import opt
 from conftest import torch_logprobs
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 64, 10_000])
-def test_fused_head_equals_log_softmax(chunk):
+@pytest.mark.parametrize("chunk,vocab_chunk", [(1, 0), (7, 0), (64, 0), (10_000, 0), (7, 1),
+                                               (7, 16), (64, 50), (10_000, 12), (5, 64)])
+def test_fused_head_equals_log_softmax(chunk, vocab_chunk):
+  """Token chunks, and vocabulary blocks that divide 50 rows, leave a remainder or exceed it."""
   rng = np.random.RandomState(0)
   h = rng.randn(37, 8).astype(np.float32)
   w = rng.randn(50, 8).astype(np.float32)
   t = rng.randint(0, 50, size=37)
-  got = scoring.fused_head_logprobs(jnp.asarray(h), jnp.asarray(w), jnp.asarray(t), chunk)
+  got = scoring.fused_head_logprobs(jnp.asarray(h), jnp.asarray(w), jnp.asarray(t), chunk,
+                                    vocab_chunk)
   logits = h.astype(np.float64) @ w.T.astype(np.float64)
   want = logits[np.arange(37), t] - np.log(np.exp(logits).sum(-1))
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
@@ -29,6 +32,9 @@ def test_head_chunk_does_not_change_results(tiny_ckpt):
   a = scoring.Scorer(model, head_chunk_tokens=5)(ids)
   b = scoring.Scorer(model, head_chunk_tokens=4096)(ids)
   np.testing.assert_allclose(a, b, atol=1e-6)
+  for vocab_chunk in (0, 7, 96):  # the accelerator layout, and CPU blocks with and without rest
+    c = scoring.Scorer(model, head_chunk_tokens=5, head_vocab_chunk=vocab_chunk)(ids)
+    np.testing.assert_allclose(c, a, atol=1e-6)
   np.testing.assert_allclose(a, torch_logprobs(ref, ids, np.ones(ids.shape, bool)), atol=1e-4)
 
 
@@ -40,10 +46,11 @@ def test_new_checkpoint_reuses_compiled_kernel(tiny_ckpt):
   mask = np.ones(ids.shape, bool)
   scorer = scoring.Scorer(trajax.load_hf(p1))
   scorer(ids)
-  traces = scoring._score._cache_size()
+  traces = scoring._score.active()._cache_size()
+  assert traces >= 1
   scorer.set_state(trajax.load_hf(p2))
   got = scorer(ids)
-  assert scoring._score._cache_size() == traces
+  assert scoring._score.active()._cache_size() == traces
   np.testing.assert_allclose(got, torch_logprobs(r2, ids, mask), atol=1e-4)
 
 
@@ -62,14 +69,16 @@ def test_score_blocks_pads_last_batch(tiny_ckpt):
   np.testing.assert_allclose(scorer.score_blocks(ids, batch_size=2), scorer(ids), atol=1e-6)
 
 
-@pytest.mark.parametrize("block", [8, 16, 64])
-def test_causal_flash_equals_full_attention(block):
+@pytest.mark.parametrize("block,heads", [(8, 2), (16, 2), (64, 2), (16, 7)])
+def test_causal_flash_equals_full_attention(block, heads):
+  """7 heads: tiles of 3 batch rows (`FLASH_TILE_SLICES` 24), so 4 rows pad to 6."""
   from trajax.models import layers
   rng = np.random.RandomState(1)
-  q, k, v = (jnp.asarray(rng.randn(3, 45, 2, 8).astype(np.float32)) for _ in range(3))
-  valid = np.ones((3, 45), bool)
+  q, k, v = (jnp.asarray(rng.randn(4, 45, heads, 8).astype(np.float32)) for _ in range(3))
+  valid = np.ones((4, 45), bool)
   valid[1, 30:] = False  # right padding
   valid[2, :7] = False  # left padding
+  valid[3, 10:] = False
   slots = np.arange(45)
   mask = layers.causal_mask(slots, slots, valid)
   whole = np.asarray(jax.nn.dot_product_attention(q, k, v, mask=mask, scale=1.0))
@@ -108,8 +117,9 @@ def test_scoring_8x2048_full_vocab_memory_bounded():
   scorer = scoring.Scorer(model)
   tokens = jax.ShapeDtypeStruct((8, 2048), jnp.int32)
   segments = jax.ShapeDtypeStruct((8, 2048), jnp.int32)
-  compiled = scoring._score.lower(scorer.graphdef, scorer.state, tokens, segments,
-                                  scorer.head_chunk_tokens).compile()
+  compiled = scoring._score.active().lower(scorer.graphdef, scorer.state, tokens, segments,
+                                           scorer.head_chunk_tokens,
+                                           scorer.head_vocab_chunk).compile()
   temp = compiled.memory_analysis().temp_size_in_bytes
   logits_bytes = 8 * 2048 * 50272 * 4
   assert temp < logits_bytes / 16, (temp, logits_bytes)
@@ -118,7 +128,9 @@ def test_scoring_8x2048_full_vocab_memory_bounded():
                       num_attention_heads=12, word_embed_proj_dim=768)
   from flax import nnx
   graphdef, state = nnx.split(nnx.eval_shape(lambda: opt.create(big, seed=None)))
-  compiled = scoring._score.lower(graphdef, state, tokens, segments, 128).compile()
+  compiled = scoring._score.active().lower(graphdef, state, tokens, segments,
+                                           scorer.head_chunk_tokens,
+                                           scorer.head_vocab_chunk).compile()
   assert compiled.memory_analysis().temp_size_in_bytes < 2**30
 
 
@@ -133,3 +145,31 @@ def test_longer_than_context_is_an_error_not_nan(tiny_ckpt):
   mask = np.zeros(ids.shape, bool)
   mask[:, :16] = True  # padding beyond the context is fine
   assert np.isfinite(trajax.token_logprobs(model, ids, mask)[:, 1:16]).all()
+
+
+@pytest.mark.parametrize("groups,vocab_size", [(0, 50), (4, 50), (7, 50), (32, 50), (8, 41)])
+def test_decoding_head_layouts_equal_the_plain_product(groups, vocab_size):
+  """`prepare_head` pads and groups the rows (50 rows: 7 and 32 groups need padding)."""
+  rng = np.random.RandomState(5)
+  h = rng.randn(6, 8).astype(np.float32)
+  w = rng.randn(50, 8).astype(np.float32)
+  head = scoring.prepare_head(jnp.asarray(w), groups)
+  got = np.asarray(scoring.head_logits(jnp.asarray(h), head, vocab_size))
+  want = h.astype(np.float64) @ w[:vocab_size].T.astype(np.float64)
+  assert got.shape == (6, vocab_size)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_single_query_attention_equals_full_attention():
+  """One query per row over a cache with padded and unwritten slots, as a decoding step."""
+  from trajax.models import layers
+  rng = np.random.RandomState(3)
+  q = jnp.asarray(rng.randn(3, 1, 2, 8).astype(np.float32))
+  k, v = (jnp.asarray(rng.randn(3, 11, 2, 8).astype(np.float32)) for _ in range(2))
+  valid = np.ones((3, 11), bool)
+  valid[0, :4] = False  # left padding
+  valid[2, 7:] = False  # slots not written yet
+  mask = layers.causal_mask(jnp.asarray([9]), jnp.arange(11), jnp.asarray(valid))
+  want = np.asarray(jax.nn.dot_product_attention(q, k, v, mask=mask, scale=1.0))
+  got = np.asarray(layers.single_query(q, k, v, mask))
+  np.testing.assert_allclose(got, want, atol=1e-6)

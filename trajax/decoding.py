@@ -22,14 +22,14 @@ real prompt tokens are 0..n_b−1, generated token i is at n_b + i.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from trajax import sampling
+from trajax import sampling, scoring, xla_cpu
+from trajax.models import stacked_cache
 
 
 @dataclasses.dataclass
@@ -114,19 +114,17 @@ def left_pad(prompts_bt, prompt_mask_bt=None, pad_id: int = 1):
   return out_t, out_m
 
 
-def _last_logits(model, h_btd, vocab_size):
-  """float32 logits [batch, vocab] of the last slot, sliced to `vocab_size`."""
-  w_vd = model.head_matrix()
-  if vocab_size is not None:
-    w_vd = w_vd[:vocab_size]
-  h_bd = h_btd[:, -1]
-  return jnp.einsum("bd,vd->bv", h_bd, w_vd.astype(h_bd.dtype), preferred_element_type=jnp.float32)
+def _last_logits(model, head, h_btd, vocab_size):
+  """float32 logits [batch, vocab] of the last slot, sliced to `vocab_size`.
+
+  `head` is `scoring.prepare_head(model.head_matrix())`, prepared once outside the loop.
+  """
+  return scoring.head_logits(h_btd[:, -1], head, vocab_size or model.config.vocab_size)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("graphdef_s", "graphdef_l", "max_new_tokens", "method", "vocab_size"))
-def _generate(graphdef_s, state_s, graphdef_l, state_l, prompts_bt, prompt_mask_bt, lambdas, top_p,
-              temperature, key, eos_id, pad_id, stop_at_eos, *, max_new_tokens, method, vocab_size):
+def _generate_fn(graphdef_s, state_s, graphdef_l, state_l, prompts_bt, prompt_mask_bt, lambdas,
+                 top_p, temperature, key, eos_id, pad_id, stop_at_eos, *, max_new_tokens, method,
+                 vocab_size):
   """The jitted prefill + decode loop; a model with graphdef None is skipped."""
   models = [
       nnx.merge(g, s) if g is not None else None
@@ -141,20 +139,24 @@ def _generate(graphdef_s, state_s, graphdef_l, state_l, prompts_bt, prompt_mask_
 
   def forward(caches, tokens_bt, pos_bt, index):
     logits, new_caches = [], []
-    for model, cache in zip(models, caches):
+    for model, cache, head in zip(models, caches, heads):
       if model is None:
         logits.append(None)
         new_caches.append(None)
         continue
       h, cache = model.forward_cached(tokens_bt, pos_bt, key_valid_bs, cache, index)
-      logits.append(_last_logits(model, h, vocab_size))
+      logits.append(_last_logits(model, head, h, vocab_size))
       new_caches.append(cache)
     # A skipped model's λ is 0: any finite logits of the right shape give the same p'.
     logits = [l if l is not None else logits[1 - i] for i, l in enumerate(logits)]
     return logits, new_caches
 
   caches = [m.init_cache(b, max_len) if m is not None else None for m in models]
-  logits, caches = forward(caches, prompts_bt, positions_bt, 0)
+  heads = [scoring.prepare_head(m.head_matrix()) if m is not None else None for m in models]
+  # On a CPU the layer weights are sliced once here, outside the loop (`stacked_cache`).
+  hoisted = {}
+  with stacked_cache.hoisted_slices(hoisted, record=True):
+    logits, caches = forward(caches, prompts_bt, positions_bt, 0)
 
   def choose(logits, step, alive_b):
     logp_bv, degenerate_b = sampling.interpolate_logits(logits[0], logits[1], lambdas[0],
@@ -188,13 +190,20 @@ def _generate(graphdef_s, state_s, graphdef_l, state_l, prompts_bt, prompt_mask_
     logits, caches = forward(caches, tok_b[:, None], pos_b1, p + step)
     return step + 1, logits, caches, tokens_bn, logprobs_bn, next_alive, n_deg + d
 
-  step, logits, _, tokens_bn, logprobs_bn, alive_b, n_deg = jax.lax.while_loop(cond, body, carry)
+  with stacked_cache.hoisted_slices(hoisted, record=False):
+    step, logits, _, tokens_bn, logprobs_bn, alive_b, n_deg = jax.lax.while_loop(cond, body, carry)
   # The last token (step n − 1) needs no forward pass; a row that ended is pad already.
   tok_b, lp_b, d, _ = choose(logits, step, alive_b & (step == n - 1))
   tokens_bn, logprobs_bn = write((tokens_bn, logprobs_bn), jnp.minimum(step, n - 1), tok_b, lp_b)
   # Rows that stopped: a written pad at step n-1 is what was there already.
   generated_bn = ~jnp.isnan(logprobs_bn)
   return tokens_bn, generated_bn.sum(1).astype(jnp.int32), logprobs_bn, n_deg + d
+
+
+# Compiled with `xla_cpu.options()` on a CPU, as the scoring kernel.
+_generate = xla_cpu.jit(
+    _generate_fn,
+    static_argnames=("graphdef_s", "graphdef_l", "max_new_tokens", "method", "vocab_size"))
 
 
 def _split(model):

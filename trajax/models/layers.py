@@ -13,6 +13,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from trajax.models import stacked_cache
+from trajax.models.flash import ATTENTION_QUERY_BLOCK, causal_flash, single_query  # noqa: F401
+
 LAYERS = "layers"
 
 
@@ -29,8 +32,9 @@ def scan_layers(layers: nnx.Module, x, kv_cache: KVCache | None, call, per_layer
     layers: the module whose parameters are stacked on a leading `layers` axis.
     x: [batch, length, dim] input of the first layer.
     kv_cache: a KVCache to read and update in place, or None.
-    call: (layer, h, per_layer_i, kv) -> (h, kv); `kv` is this layer's
-      (k_bshd, v_bshd) or None without a cache.
+    call: (layer, h, per_layer_i, kv) -> (h, kv); `kv` is this layer's cache, for
+      `write_cache` ((k_bshd, v_bshd), or on a CPU a `stacked_cache.StackedLayerCache`
+      view), or None without a cache.
     per_layer: optional pytree of [layers, ...] arrays scanned alongside
       (e.g. GPT-Neo's window per layer).
   Returns:
@@ -55,6 +59,9 @@ def scan_layers(layers: nnx.Module, x, kv_cache: KVCache | None, call, per_layer
     v_lbshd = jax.lax.dynamic_update_index_in_dim(v_lbshd, v_bshd, i, 0)
     return (h, k_lbshd, v_lbshd), None
 
+  if jax.default_backend() == "cpu":  # no per-step copies of weights and caches
+    x, (k, v) = stacked_cache.unrolled(graphdef, state, x, kv_cache, call, per_layer)
+    return x, KVCache(k, v)
   n = kv_cache.k_lbshd.shape[0]
   (x, k, v), _ = jax.lax.scan(body_cached, (x, kv_cache.k_lbshd, kv_cache.v_lbshd),
                               (state, per_layer, jnp.arange(n)))
@@ -69,6 +76,8 @@ def write_cache(kv_cache, k_bthd, v_bthd, cache_index):
   """
   if kv_cache is None:
     return k_bthd, v_bthd, None
+  if isinstance(kv_cache, stacked_cache.StackedLayerCache):
+    return stacked_cache.write(kv_cache, k_bthd, v_bthd, cache_index)
   k_bshd, v_bshd = kv_cache
   start = (0, cache_index, 0, 0)
   k_bshd = jax.lax.dynamic_update_slice(k_bshd, k_bthd.astype(k_bshd.dtype), start)
@@ -260,15 +269,11 @@ def segment_positions(segment_ids_bt: jax.Array):
   return jnp.where(segment_ids_bt > 0, slots - start, -1)
 
 
-# Block size of CPU attention over long sequences: queries per block for the general
-# path, queries and keys per block for the causal flash path.
-ATTENTION_QUERY_BLOCK = 256
-
-
 def attention(q_bthd, k_bshd, v_bshd, mask_b1ts, implementation: str | None = None,
               query_block: int = ATTENTION_QUERY_BLOCK, causal_segments_bt=None):
   """Softmax attention; q is pre-scaled (OPT scales q after its bias).
 
+  `implementation=None` on CPU with one query (a decoding step): `single_query`.
   `implementation=None` on CPU with sequences longer than `query_block`:
     * `causal_segments_bt` given (no cache: query t is key slot t and the mask
       is `segment_mask(causal_segments_bt)`): flash attention in blocks with
@@ -286,7 +291,10 @@ def attention(q_bthd, k_bshd, v_bshd, mask_b1ts, implementation: str | None = No
   """
   b, t, h, d = q_bthd.shape
   s = k_bshd.shape[1]
-  blockwise = implementation is None and jax.default_backend() == "cpu" and t > query_block
+  on_cpu = implementation is None and jax.default_backend() == "cpu"
+  if on_cpu and t == 1:
+    return single_query(q_bthd, k_bshd, v_bshd, mask_b1ts)
+  blockwise = on_cpu and t > query_block
   if not blockwise:
     return jax.nn.dot_product_attention(q_bthd, k_bshd, v_bshd, mask=mask_b1ts, scale=1.0,
                                         is_causal=causal_segments_bt is not None,
@@ -303,62 +311,3 @@ def attention(q_bthd, k_bshd, v_bshd, mask_b1ts, implementation: str | None = No
       lambda qm: jax.nn.dot_product_attention(qm[0], k_bshd, v_bshd, mask=qm[1], scale=1.0,
                                               implementation="xla"), (q_nbqhd, m_nb1qs))
   return out.swapaxes(0, 1).reshape(b, t + pad, h, d)[:, :t]
-
-
-def causal_flash(q_bthd, k_bthd, v_bthd, segment_ids_bt, block: int = ATTENTION_QUERY_BLOCK):
-  """Causal attention with an online softmax, block by block (Dao et al. 2022).
-
-  `lax.map` over query blocks; for query block i a `fori_loop` over key blocks
-  0..i only (the causal skip). Scores live one [batch, heads, block, block]
-  tile at a time, accumulated in float32.
-
-  Args:
-    q_bthd, k_bthd, v_bthd: [batch, length, heads, head_dim]; q pre-scaled.
-    segment_ids_bt: [batch, length] int; a query sees earlier keys of its own
-      segment; 0 marks padding (a bool mask works: True = segment 1).
-    block: queries and keys per tile.
-  Returns:
-    [batch, length, heads, head_dim] in q's dtype.
-  """
-  b, t, h, d = q_bthd.shape
-  pad = -t % block
-  if pad:
-    widths = ((0, 0), (0, pad), (0, 0), (0, 0))
-    q_bthd, k_bthd, v_bthd = (jnp.pad(x, widths) for x in (q_bthd, k_bthd, v_bthd))
-    segment_ids_bt = jnp.pad(segment_ids_bt, ((0, 0), (0, pad)))
-  n = (t + pad) // block
-  segment_ids_bt = segment_ids_bt.astype(jnp.int32)
-  seg_nbq = segment_ids_bt.reshape(b, n, block).swapaxes(0, 1)
-  q_nbhqd = q_bthd.transpose(0, 2, 1, 3).reshape(b, h, n, block, d).transpose(2, 0, 1, 3, 4)
-  k_bhsd = k_bthd.transpose(0, 2, 1, 3)
-  v_bhsd = v_bthd.transpose(0, 2, 1, 3)
-  offsets = jnp.arange(block)
-
-  def query_block(args):
-    i, q_bhqd, seg_bq = args
-
-    def key_block(j, carry):
-      m_bhq1, l_bhq1, acc_bhqd = carry
-      k_bhkd = jax.lax.dynamic_slice_in_dim(k_bhsd, j * block, block, axis=2)
-      v_bhkd = jax.lax.dynamic_slice_in_dim(v_bhsd, j * block, block, axis=2)
-      s_bhqk = jnp.einsum("bhqd,bhkd->bhqk", q_bhqd, k_bhkd, preferred_element_type=jnp.float32)
-      visible_qk = (j * block + offsets)[None, :] <= (i * block + offsets)[:, None]
-      seg_bk = jax.lax.dynamic_slice_in_dim(segment_ids_bt, j * block, block, axis=1)
-      same_bqk = (seg_bq[:, :, None] == seg_bk[:, None, :]) & (seg_bk > 0)[:, None, :]
-      s_bhqk = jnp.where((visible_qk[None] & same_bqk)[:, None], s_bhqk, -jnp.inf)
-      m_new = jnp.maximum(m_bhq1, s_bhqk.max(-1, keepdims=True))
-      m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-      p_bhqk = jnp.exp(s_bhqk - m_safe)
-      rescale = jnp.exp(jnp.where(jnp.isfinite(m_bhq1), m_bhq1 - m_safe, -jnp.inf))
-      acc_bhqd = acc_bhqd * rescale + jnp.einsum("bhqk,bhkd->bhqd", p_bhqk.astype(v_bhkd.dtype),
-                                                 v_bhkd, preferred_element_type=jnp.float32)
-      return m_new, l_bhq1 * rescale + p_bhqk.sum(-1, keepdims=True), acc_bhqd
-
-    init = (jnp.full((b, h, block, 1), -jnp.inf,
-                     jnp.float32), jnp.zeros((b, h, block, 1),
-                                             jnp.float32), jnp.zeros((b, h, block, d), jnp.float32))
-    _, l_bhq1, acc_bhqd = jax.lax.fori_loop(0, i + 1, key_block, init)
-    return (acc_bhqd / jnp.where(l_bhq1 > 0, l_bhq1, 1.0)).astype(q_bhqd.dtype)
-
-  out_nbhqd = jax.lax.map(query_block, (jnp.arange(n), q_nbhqd, seg_nbq))
-  return out_nbhqd.transpose(1, 0, 3, 2, 4).reshape(b, t + pad, h, d)[:, :t]
