@@ -7,7 +7,7 @@ Both sides score the same 2-shot requests (prompts and tokens from
 trajax.analysis.icl, built once and timed apart) with the same random OPT
 weights (one HF checkpoint written to a temp dir):
 
-* trajax: `icl.score_options` with a jitted `Scorer` (rows sorted by length,
+* trajax: `scoring.score_options` with a jitted `Scorer` (rows sorted by length,
   padded to multiples of 64, batch `--batch_size`, fused chunked LM head).
   Reported cold (first pass, compiles included) and warm (second pass).
 * harness: lm-evaluation-harness `HFLM._loglikelihood_tokens` semantics: one
@@ -99,7 +99,7 @@ def main():
   import torch
 
   import trajax
-  from trajax.analysis import icl
+  from trajax.analysis.icl import bigbench, prompts, scoring
   from trajax.scoring import Scorer
 
   torch.set_num_threads(os.cpu_count() or 1)
@@ -107,15 +107,15 @@ def main():
   tmp = tempfile.mkdtemp(prefix="icl_bench_")
   hf = make_checkpoint(tmp, args.hidden, args.layers, args.heads).to(device)
   tok = trajax.load_tokenizer(tmp)
-  task = icl.load_task(os.path.join(SHARED, "bigbench", args.task))
+  task = bigbench.load_task(os.path.join(SHARED, "bigbench", args.task))
   t0 = time.perf_counter()
-  prompts = icl.make_task_prompts(task, 2, 42, args.max_examples or None)
-  reqs = icl.build_requests(prompts, tok, max_length=2048)
+  task_prompts = prompts.make_task_prompts(task, 2, 42, args.max_examples or None)
+  reqs = prompts.build_requests(task_prompts, tok, max_length=2048)
   t_tok = time.perf_counter() - t0
   n = len(reqs)
   real_tokens = sum(len(r.tokens) for r in reqs)
   print(
-      f"{args.task}: {len(prompts)} examples, {n} options, {real_tokens} tokens "
+      f"{args.task}: {len(task_prompts)} examples, {n} options, {real_tokens} tokens "
       f"(mean {real_tokens / n:.0f}/option); prompts+tokenisation {t_tok:.2f}s", flush=True)
 
   scorer = Scorer(trajax.load_hf(tmp))
@@ -123,10 +123,10 @@ def main():
   for mult in (int(m) for m in args.pad_to_multiple.split(",") if m):
     kw = dict(batch_size=args.batch_size, max_length=2048, pad_to_multiple=mult)
     t0 = time.perf_counter()
-    ours = icl.score_options(reqs, scorer, **kw)
+    ours = scoring.score_options(reqs, scorer, **kw)
     cold = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ours = icl.score_options(reqs, scorer, **kw)
+    ours = scoring.score_options(reqs, scorer, **kw)
     warm = time.perf_counter() - t0
     name = f"trajax jit, batch {args.batch_size}, length bucket {mult}"
     results.append((f"{name}, cold (incl. compile)", cold, None))
@@ -144,7 +144,7 @@ def main():
   cpu = platform.processor() or platform.machine()
   print()
   print(
-      f"ICL option scoring, {args.task} 2-shot, {len(prompts)} examples / {n} options / "
+      f"ICL option scoring, {args.task} 2-shot, {len(task_prompts)} examples / {n} options / "
       f"{real_tokens} tokens; random OPT hidden {args.hidden}, {args.layers} layers, vocab 50272, "
       f"float32")
   print(

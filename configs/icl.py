@@ -29,6 +29,11 @@ def get_config():
   # Rows per chunk of the fused LM head (bounds the [chunk, vocab] float32 block); 0 = the
   # backend default (128 on CPU, 2048 on GPU/TPU).
   config.head_chunk_tokens = 0
+  # Device mesh (data, fsdp, tensor) as "8,1,1" or "-1,1,1" (-1 = the rest); "" = one device.
+  # Rows per call are rounded up to a multiple of the data axis.
+  config.mesh_shape = ""
+  # Read checkpoint k+1 in a background thread while checkpoint k is scored.
+  config.prefetch = True
   # Tokenizer directory; empty = the first checkpoint's directory.
   config.tokenizer = ""
   # Workdir of a scored store (launch/score.py) for validation PPL; empty = --workdir.
