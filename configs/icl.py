@@ -21,9 +21,16 @@ def get_config():
   # Option score for the prediction: log-prob divided by "tokens" (the paper), "chars",
   # "bytes", or "none" (raw sum).
   config.normalization = "tokens"
-  # Option rows (prompt + option sequences) per jitted call.
+  # How options are scored: "auto" (each example's shared prompt run once into a KV cache and
+  # its options scored against it, or whole rows packed, whichever the cost model finds cheaper),
+  # "reuse" or "pack" (always that), or "rows" (every option its own full row: the reference).
+  config.method = "auto"
+  # Tokens per call of "auto"/"reuse"/"pack" (prefill tokens, packed-row tokens); 0 = the
+  # backend's default (trajax.analysis.icl.plan.BATCH_TOKENS).
+  config.batch_tokens = 0
+  # Option rows (prompt + option sequences) per jitted call of method "rows".
   config.batch_size = 16
-  # Padded lengths are multiples of this (one compile per length per architecture); 16 wastes
+  # Method "rows": padded lengths are multiples of this (one compile per length per architecture); 16 wastes
   # less padding than 64 and was 1.8x faster warm in bench/icl_bench.py (CPU, 2-shot prompts).
   config.pad_to_multiple = 16
   # Rows per chunk of the fused LM head (bounds the [chunk, vocab] float32 block); 0 = the

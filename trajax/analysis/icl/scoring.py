@@ -73,7 +73,7 @@ def score_options(requests: Sequence[OptionRequest], logprob_fn: Callable[[np.nd
         inside an option span.
     """
   n = len(requests)
-  logprob = np.zeros(n, np.float64)
+  spans: list = [None] * n
   order = sorted(range(n), key=lambda r: -len(requests[r].tokens))
   for b in range(0, n, batch_size):
     rows = order[b:b + batch_size]
@@ -94,12 +94,27 @@ def score_options(requests: Sequence[OptionRequest], logprob_fn: Callable[[np.nd
       raise ValueError(f"logprob_fn returned shape {logprobs_bt.shape}, "
                        f"expected {tokens_bt.shape}")
     for i, r in enumerate(rows):
-      req = requests[r]
-      span = logprobs_bt[i, req.option_start:len(req.tokens)]
-      if not np.all(np.isfinite(span)):
-        raise ValueError(f"{req.task} example {req.example_index} option "
-                         f"{req.option_index}: non-finite log-prob in the option span")
-      logprob[r] = float(np.sum(span, dtype=np.float64))
+      spans[r] = logprobs_bt[i, requests[r].option_start:len(requests[r].tokens)]
+  return option_scores(requests, spans)
+
+
+def option_scores(requests: Sequence[OptionRequest], spans: Sequence[np.ndarray]) -> OptionScores:
+  """OptionScores from each request's per-token log-probs of its option span.
+
+  Args:
+    requests: the requests.
+    spans: per request, float [n_option_tokens] log p(option token | what precedes).
+  Returns:
+    OptionScores aligned with `requests` (sums in float64).
+  Raises:
+    ValueError: a span of the wrong length or with a non-finite log-prob, naming the option.
+  """
+  logprob = np.zeros(len(requests), np.float64)
+  for r, (req, span) in enumerate(zip(requests, spans)):
+    if span is None or len(span) != req.n_option_tokens or not np.all(np.isfinite(span)):
+      raise ValueError(f"{req.task} example {req.example_index} option "
+                       f"{req.option_index}: non-finite log-prob in the option span")
+    logprob[r] = float(np.sum(span, dtype=np.float64))
   return OptionScores(logprob=logprob, n_tokens=np.array([r.n_option_tokens for r in requests],
                                                          np.int64),
                       n_chars=np.array([len(r.option) for r in requests], np.int64),

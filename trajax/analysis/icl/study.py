@@ -12,8 +12,11 @@
 
 Prompts and requests (the tokenisation, the slow host part) are built once per
 task and context length and reused for every checkpoint. Each checkpoint
-scores all its pending tasks in one `score_options` call (rows of every task
-sorted by length together, so batches stay full), then grades per task.
+scores all its pending tasks in one call of `engine.OptionScorer` (each shared
+prompt run once into a KV cache, its options scored against it, or short rows
+packed, by a cost model; batches of every task together, one compiled shape per
+length bucket), then grades per task. `config.method="rows"` scores every
+option as its own full row instead (`scoring.score_options`).
 (checkpoint, task) pairs already in results.csv are skipped, so an interrupted
 run resumes; results.csv is rewritten atomically after every checkpoint.
 
@@ -45,7 +48,7 @@ from absl import logging
 from trajax import checkpoints, data, distributed, stream, trajectory
 from trajax import workdir as workdir_lib
 from trajax.analysis import common
-from trajax.analysis.icl import bigbench, figures, metrics, prompts, scoring
+from trajax.analysis.icl import bigbench, engine, figures, metrics, plan, prompts, scoring
 from trajax.analysis.icl.figures import checkpoint_id
 
 # Settings that change the numbers of a (checkpoint, task) row.
@@ -113,7 +116,7 @@ def _option_rows(requests, scores: scoring.OptionScores, normalization: str,
 
 
 def batch_rows(config, data_parallel: int = 1) -> int:
-  """Rows per scoring call: config.batch_size, rounded up to a multiple of the mesh's data axis."""
+  """Rows per call of the "rows" method: config.batch_size, a multiple of the mesh's data axis."""
   return -(-config.batch_size // data_parallel) * data_parallel
 
 
@@ -123,9 +126,10 @@ def score_checkpoint(scorer, requests_by_task: Mapping[str, list[prompts.OptionR
   """Scores and grades the given tasks with the scorer's current checkpoint.
 
   Args:
-    scorer: a `trajax.scoring.Scorer` holding the checkpoint.
+    scorer: a `trajax.scoring.Scorer` holding the checkpoint, or an
+      `engine.OptionScorer` around one (config.method other than "rows").
     requests_by_task: task name -> its requests (from RequestCache).
-    config: the study config (batch_size, pad_to_multiple, normalization).
+    config: the study config (method, batch_size, pad_to_multiple, normalization).
     pad_id: padding token id.
     max_length: the model's context length.
     extra: constant columns of the result rows (model, checkpoint, step, ...).
@@ -134,9 +138,12 @@ def score_checkpoint(scorer, requests_by_task: Mapping[str, list[prompts.OptionR
     (task rows for results.csv, option rows, number of option rows scored).
   """
   flat = [r for reqs in requests_by_task.values() for r in reqs]
-  scores = scoring.score_options(flat, scorer, batch_size=batch_rows(config,
-                                                                     data_parallel), pad_id=pad_id,
-                                 pad_to_multiple=config.pad_to_multiple, max_length=max_length)
+  if isinstance(scorer, engine.OptionScorer):
+    scores = scorer.score(flat, pad_id)
+  else:
+    scores = scoring.score_options(flat, scorer, batch_size=batch_rows(config, data_parallel),
+                                   pad_id=pad_id, pad_to_multiple=config.pad_to_multiple,
+                                   max_length=max_length)
   graded = metrics.grade_examples(flat, scores, config.normalization)
   rows = metrics.task_rows(graded, config.normalization, **extra)
   return rows, _option_rows(flat, scores, config.normalization, graded), len(flat)
@@ -160,6 +167,12 @@ def _check_config(config) -> None:
   if config.flops_method not in common.FLOPS_METHODS:
     raise ValueError(f"config.flops_method must be one of {common.FLOPS_METHODS}, "
                      f"got {config.flops_method!r}")
+  if config.method not in plan.METHODS + ("rows",):
+    raise ValueError(f"config.method must be one of {plan.METHODS + ('rows',)}, "
+                     f"got {config.method!r}")
+  if config.batch_tokens < 0:
+    raise ValueError(f"config.batch_tokens must be >= 0 (0 = the backend's default), "
+                     f"got {config.batch_tokens}")
   if config.pad_to_multiple < 1:
     raise ValueError(f"config.pad_to_multiple must be >= 1, got {config.pad_to_multiple}")
   if config.shots < 0 or config.max_examples < 0 or config.batch_size < 1:
@@ -300,6 +313,7 @@ def _run_unlocked(config, workdir: str) -> dict:
   checkpoint_stream = stream.CheckpointStream(config.dtype, config.mesh_shape, config.prefetch,
                                               config.head_chunk_tokens)
   infos: dict[str, common.ModelInfo] = {}
+  option_scorers: dict[int, engine.OptionScorer] = {}
   t_start, n_options_total = time.perf_counter(), 0
   items = [(k, c.path) for k, (_, c, _) in enumerate(plan)]
   for loaded in checkpoint_stream.iterate(items):
@@ -312,6 +326,10 @@ def _run_unlocked(config, workdir: str) -> dict:
     info = infos[m.name]
     scorer = checkpoint_stream.scorer(loaded.model)
     loaded.model = None  # the scorer holds the weights now
+    if config.method != "rows":  # one OptionScorer per architecture, as the Scorer
+      if id(scorer) not in option_scorers:
+        option_scorers[id(scorer)] = engine.OptionScorer(scorer, config.method, config.batch_tokens)
+      scorer = option_scorers[id(scorer)]
     max_length = int(model_cfg.max_position_embeddings)
     reqs = {n: cache.requests(n, max_length) for n in pending}
     t0 = time.perf_counter()
