@@ -16,7 +16,7 @@ import trajax
 from trajax import (checkpoints, convert, distributed, orbax_checkpoints, scoring, sweep,
                     trajectory)
 from trajax.analysis import common
-from trajax.analysis.icl import bigbench, metrics, prompts
+from trajax.analysis.icl import bigbench, engine, metrics, prompts
 from trajax.analysis.icl import study as icl_study
 
 pytest.importorskip("torch")
@@ -151,6 +151,9 @@ def test_rerun_scores_nothing(study, monkeypatch):
   orig = scoring.Scorer.__call__
   monkeypatch.setattr(scoring.Scorer, "__call__",
                       lambda self, *a, **k: calls.append(1) or orig(self, *a, **k))
+  orig_score = engine.OptionScorer.score
+  monkeypatch.setattr(engine.OptionScorer, "score",
+                      lambda self, *a, **k: calls.append(2) or orig_score(self, *a, **k))
   before = _results(study)
   summary = icl_study.run(study["cfg"], study["workdir"])
   assert calls == []
