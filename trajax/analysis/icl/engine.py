@@ -8,9 +8,10 @@ The reuse kernel, for E examples and R option rows (one jitted call):
 
   1. prefill: the E shared prefixes, left-padded to C slots, through the model's
      `forward_cached` into an empty KV cache (no LM head: nothing is scored there);
-  2. each option row takes its example's cache (a gather along the batch axis),
-     C slots plus S empty ones, and runs `tokens[C:len-1]` at slots C.. with
-     positions continuing the prefix, through the same `forward_cached`;
+  2. each option row runs `tokens[C:len-1]` at slots C.. with positions continuing
+     its prefix, through the same `forward_cached`, attending to its example's
+     cached prefix (`trajax.models.layers.SharedPrefix`: each layer gathers the
+     rows' prefixes as it runs, so no [rows, C] copy of the whole cache exists);
   3. the fused, chunked LM head (`trajax.scoring.fused_head_logprobs`) on the
      R x S option slots only.
 
@@ -51,13 +52,13 @@ def _reuse_logprobs(graphdef, state, prefix_ec, prefix_mask_ec, example_r, block
   cache = model.init_cache(e, c)
   positions_ec = jnp.where(prefix_mask_ec, model.positions(prefix_mask_ec), model.PAD_POSITION)
   _, cache = model.forward_cached(prefix_ec, positions_ec, prefix_mask_ec, cache, 0)
-  pad = ((0, 0), (0, 0), (0, s), (0, 0), (0, 0))
-  cache_r = layers.KVCache(*(jnp.pad(jnp.take(x, example_r, axis=1), pad) for x in cache))
+  pad = ((0, 0), (0, 0), (0, s), (0, 0), (0, 0))  # slots for each row's own block
+  shared = layers.SharedPrefix(*(jnp.pad(x, pad) for x in cache), example_r)
   n_prefix_r = prefix_mask_ec.sum(1).astype(jnp.int32)[example_r]
   positions_rs = jnp.where(block_mask_rs, n_prefix_r[:, None] + jnp.arange(s)[None, :],
                            model.PAD_POSITION)
   key_valid_rs = jnp.concatenate([prefix_mask_ec[example_r], block_mask_rs], axis=1)
-  h_rsd, _ = model.forward_cached(block_rs, positions_rs, key_valid_rs, cache_r, c)
+  h_rsd, _ = model.forward_cached(block_rs, positions_rs, key_valid_rs, shared, c)
   lp = fused_head_logprobs(h_rsd.reshape(r * s, -1), model.head_matrix(), targets_rs.reshape(-1),
                            chunk_tokens).reshape(r, s)
   return jnp.where(block_mask_rs, lp, jnp.nan)
