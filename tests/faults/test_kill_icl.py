@@ -26,16 +26,10 @@ def _setup(tmp_path, tiny_ckpt):
   manifest = write_manifest(str(tmp_path / "traj.json"), {"m": (100, ckpts)})
   return [
       sys.executable,
-      str(ROOT / "launch" / "icl.py"),
-      f"--config={ROOT}/configs/icl.py",
-      f"--config.trajectory={manifest}",
-      f"--config.tokenizer={OPT_TOKENIZER}",
+      str(ROOT / "launch" / "icl.py"), f"--config={ROOT}/configs/icl.py",
+      f"--config.trajectory={manifest}", f"--config.tokenizer={OPT_TOKENIZER}",
       f"--config.tasks_dir={SHARED_DATA / 'bigbench'}",
-      f"--config.task_names=({','.join(repr(t) for t in TASKS)},)",
-      "--config.max_examples=8",
-      # Packed rows: the engine's plan and batches, in few compiled shapes (each killed run is a
-      # new process that compiles again; the reuse kernel's many shapes made this test slow).
-      "--config.method=pack"
+      f"--config.task_names=({','.join(repr(t) for t in TASKS)},)", "--config.max_examples=8"
   ]
 
 
