@@ -1,44 +1,54 @@
-"""Multiple-choice option scoring: trajax vs transformers PyTorch the lm-evaluation-harness way.
+"""ICL option scoring: trajax vs lm-evaluation-harness and a harness-style PyTorch loop.
 
-  python bench/icl_bench.py                                  # sports_understanding, 100 examples
-  python bench/icl_bench.py --task=hhh_alignment --max_examples=0
+  python bench/icl_bench.py                         # CPU, OPT-125m shape, float32
+  python bench/icl_bench.py --shape=1.3b --dtype=bfloat16   # a GPU host
+  python bench/icl_bench.py --calibrate --max_examples=2 --repeats=1   # cost-model weights
 
-Both sides score the same 2-shot requests (prompts and tokens from
-trajax.analysis.icl, built once and timed apart) with the same random OPT
-weights (one HF checkpoint written to a temp dir):
+Every side scores the same 2-shot requests of real BIG-bench tasks (prompts and
+tokens from `trajax.analysis.icl`, `--max_examples` per task, their real lengths)
+with the same random OPT weights (`save_pretrained` into a temp dir):
 
-* trajax: `icl.score_options` with a jitted `Scorer` (rows sorted by length,
-  padded to multiples of 64, batch `--batch_size`, fused chunked LM head).
-  Reported cold (first pass, compiles included) and warm (second pass).
-* harness: lm-evaluation-harness `HFLM._loglikelihood_tokens` semantics: one
-  forward per (context, continuation) over `(context + continuation)[:-1]`,
-  requests sorted by descending length, batches of `--hf_batch_size` right-padded
-  to the batch's longest row (batch 1 = the harness default, no padding),
-  full-vocab `log_softmax` in float32 and a gather of the continuation tokens.
+* trajax: `engine.OptionScorer` with the plan it chooses (prefix reuse or packing
+  per example, batches sized by trajax). Cold = first pass, compilation included;
+  warm = later passes (what every further checkpoint of the architecture costs).
+* lm-eval: EleutherAI lm-evaluation-harness `HFLM.loglikelihood` on the (context,
+  continuation) strings, batch `--hf_batch_size`, run by `bench/lmeval_side.py` in a
+  separate venv (`--lmeval_python`; it is not a trajax dependency). Its tokens are
+  checked against trajax's; the pairs are also scored from trajax's token ids.
+* harness-style loop: transformers PyTorch as lm-eval does it (one forward per
+  option over `(context + continuation)[:-1]`, sorted by length, right-padded
+  batches of `--hf_batch_size`, full-vocab log_softmax + gather), in this process.
 
-The log-probs of both are compared (max abs difference of option sums). The
-markdown table is printed with the date and machine.
+Runs alternate (trajax, loop, lm-eval) `--repeats` times; the table reports medians
+and the max |Δ| of per-option log-likelihoods against trajax.
 """
 import argparse
 import datetime
+import json
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
+# Five tasks drawn once, before any timing: sorted(np.random.RandomState(0).choice(74 tasks, 5)).
+TASKS = ("fantasy_reasoning", "identify_odd_metaphor", "misconceptions_russian", "persian_idioms",
+         "presuppositions_as_nli")
+SHAPES = {  # hidden, layers, heads
+    "125m": (768, 12, 12), "1.3b": (2048, 24, 32), "tiny": (64, 2, 4)
+}
 
 
-def make_checkpoint(path, hidden, layers, heads, seed=0):
-  import shutil
-
+def make_checkpoint(path, shape, seed=0):
   import torch
   from transformers import OPTConfig, OPTForCausalLM
+  hidden, layers, heads = SHAPES[shape]
   torch.manual_seed(seed)
   cfg = OPTConfig(vocab_size=50272, hidden_size=hidden, num_hidden_layers=layers,
                   num_attention_heads=heads, ffn_dim=4 * hidden, max_position_embeddings=2048)
@@ -53,8 +63,8 @@ def harness_scores(model, requests, batch_size: int, device: str) -> np.ndarray:
 
   Args:
     model: transformers OPTForCausalLM (eval).
-    requests: icl.OptionRequest list; context = tokens[:option_start].
-    batch_size: rows per forward (1 = harness default).
+    requests: OptionRequest list; context = tokens[:option_start].
+    batch_size: rows per forward.
     device: torch device.
   Returns:
     float64 [n] summed log-probs, aligned with `requests`.
@@ -82,81 +92,142 @@ def harness_scores(model, requests, batch_size: int, device: str) -> np.ndarray:
   return out
 
 
+def lmeval_run(python, ckpt, requests, texts, batch_size, device, dtype, tmp):
+  """One lm-eval loglikelihood pass in the bench venv; returns its OUT.json dict."""
+  pairs = [[
+      texts[i][0], texts[i][1], r.tokens[:r.option_start].tolist(),
+      r.tokens[r.option_start:].tolist()
+  ] for i, r in enumerate(requests)]
+  src, dst = os.path.join(tmp, "lmeval_in.json"), os.path.join(tmp, "lmeval_out.json")
+  with open(src, "w") as f:
+    json.dump(
+        {"model": ckpt, "batch_size": batch_size, "device": device, "dtype": dtype, "pairs": pairs},
+        f)
+  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+  proc = subprocess.run([python, os.path.join(ROOT, "bench", "lmeval_side.py"), src, dst],
+                        capture_output=True, text=True, env=env)
+  if proc.returncode:
+    raise RuntimeError(f"lm-eval side failed:\n{proc.stderr[-3000:]}")
+  with open(dst) as f:
+    return json.load(f)
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--task", default="sports_understanding")
-  p.add_argument("--max_examples", type=int, default=100, help="0 = all examples")
-  p.add_argument("--hidden", type=int, default=256)
-  p.add_argument("--layers", type=int, default=4)
-  p.add_argument("--heads", type=int, default=4)
-  p.add_argument("--batch_size", type=int, default=16, help="trajax rows per call")
-  p.add_argument("--pad_to_multiple", default="64,16",
-                 help="trajax length buckets to time, comma-separated (64 = the study's default)")
-  p.add_argument("--hf_batch_sizes", default="1,16", help="harness batch sizes, comma-separated")
+  p.add_argument("--tasks", default=",".join(TASKS))
+  p.add_argument("--max_examples", type=int, default=6, help="per task; 0 = all")
+  p.add_argument("--shape", default="125m", choices=sorted(SHAPES))
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--hf_batch_size", type=int, default=16)
+  p.add_argument("--lmeval_python", default="/work/venv-lmeval/bin/python",
+                 help="python of a venv with lm-eval installed; '' = skip lm-eval")
+  p.add_argument("--calibrate", action="store_true",
+                 help="only measure the cost-model weights (engine.calibrate) and print them")
   args = p.parse_args()
 
   import jax
   import torch
 
   import trajax
-  from trajax.analysis import icl
+  from trajax.analysis.icl import bigbench, engine, prompts
   from trajax.scoring import Scorer
 
   torch.set_num_threads(os.cpu_count() or 1)
   device = "cuda" if torch.cuda.is_available() else "cpu"
   tmp = tempfile.mkdtemp(prefix="icl_bench_")
-  hf = make_checkpoint(tmp, args.hidden, args.layers, args.heads).to(device)
-  tok = trajax.load_tokenizer(tmp)
-  task = icl.load_task(os.path.join(SHARED, "bigbench", args.task))
+  ckpt = os.path.join(tmp, "ckpt")
+  hf = make_checkpoint(ckpt, args.shape)
+  if args.dtype == "bfloat16":
+    hf = hf.to(torch.bfloat16)
+  hf = hf.to(device)
+  tok = trajax.load_tokenizer(ckpt)
+  reqs, texts = [], []
   t0 = time.perf_counter()
-  prompts = icl.make_task_prompts(task, 2, 42, args.max_examples or None)
-  reqs = icl.build_requests(prompts, tok, max_length=2048)
+  for name in args.tasks.split(","):
+    ps = prompts.make_task_prompts(bigbench.load_task(os.path.join(SHARED, "bigbench", name)), 2,
+                                   42, args.max_examples or None)
+    rs = prompts.build_requests(ps, tok, max_length=2048)
+    by_key = {(q.task, q.example_index): q for q in ps}
+    texts += [
+        (by_key[(r.task, r.example_index)].text[r.prompt_chars_dropped:], r.option) for r in rs
+    ]
+    reqs += rs
   t_tok = time.perf_counter() - t0
   n = len(reqs)
-  real_tokens = sum(len(r.tokens) for r in reqs)
-  print(
-      f"{args.task}: {len(prompts)} examples, {n} options, {real_tokens} tokens "
-      f"(mean {real_tokens / n:.0f}/option); prompts+tokenisation {t_tok:.2f}s", flush=True)
+  row_tokens = sum(len(r.tokens) for r in reqs)
+  print(f"{args.tasks}: {n} options, {row_tokens} row tokens; prompts+tokenisation {t_tok:.1f}s",
+        flush=True)
 
-  scorer = Scorer(trajax.load_hf(tmp))
-  results = []
-  for mult in (int(m) for m in args.pad_to_multiple.split(",") if m):
-    kw = dict(batch_size=args.batch_size, max_length=2048, pad_to_multiple=mult)
+  dtype = {"float32": None, "bfloat16": "bfloat16"}[args.dtype]
+  import jax.numpy as jnp
+  model = trajax.load_hf(ckpt, dtype=jnp.bfloat16) if dtype else trajax.load_hf(ckpt)
+  option_scorer = engine.OptionScorer(Scorer(model))
+  if args.calibrate:  # measure, print and stop: the numbers go into plan.CALIBRATION
+    w = engine.calibrate(option_scorer, reqs, repeats=max(args.repeats, 1))
+    print(f"calibrated weights on {jax.default_backend()}: {w}", flush=True)
+    return
+  t0 = time.perf_counter()
+  ours = option_scorer.score(reqs).logprob
+  cold = time.perf_counter() - t0
+  stats = dict(option_scorer.stats)
+  print(f"trajax cold {cold:.1f}s; plan {stats}", flush=True)
+  times = {"trajax": [], "loop": [], "lmeval": []}
+  diffs = {}
+  lm_info = None
+  use_lmeval = bool(args.lmeval_python) and os.path.exists(args.lmeval_python)
+  for rep in range(args.repeats):
     t0 = time.perf_counter()
-    ours = icl.score_options(reqs, scorer, **kw)
-    cold = time.perf_counter() - t0
+    again = option_scorer.score(reqs).logprob
+    times["trajax"].append(time.perf_counter() - t0)
+    diffs["trajax_rerun"] = float(np.max(np.abs(again - ours)))
     t0 = time.perf_counter()
-    ours = icl.score_options(reqs, scorer, **kw)
-    warm = time.perf_counter() - t0
-    name = f"trajax jit, batch {args.batch_size}, length bucket {mult}"
-    results.append((f"{name}, cold (incl. compile)", cold, None))
-    results.append((f"{name}, warm", warm, None))
-    print(f"trajax bucket {mult}: cold {cold:.2f}s warm {warm:.2f}s", flush=True)
-  for bs in (int(b) for b in args.hf_batch_sizes.split(",") if b):
-    t0 = time.perf_counter()
-    ref = harness_scores(hf, reqs, bs, device)
-    dt = time.perf_counter() - t0
-    diff = float(np.max(np.abs(ref - ours.logprob)))
-    results.append((f"HF PyTorch harness-style, batch {bs}", dt, diff))
-    print(f"harness batch {bs}: {dt:.2f}s, max |Δ option log-prob| {diff:.2e}", flush=True)
+    ref = harness_scores(hf, reqs, args.hf_batch_size, device)
+    times["loop"].append(time.perf_counter() - t0)
+    diffs["loop"] = float(np.max(np.abs(ref - ours)))
+    if use_lmeval:
+      lm_info = lmeval_run(args.lmeval_python, ckpt, reqs, texts, args.hf_batch_size, device,
+                           args.dtype, tmp)
+      times["lmeval"].append(lm_info["seconds"])
+      same = np.array(lm_info["tokens_equal"])
+      ll = np.array(lm_info["loglik"])
+      diffs["lmeval"] = float(np.max(np.abs(ll[same] - ours[same]))) if same.any() else None
+      diffs["lmeval_tokens"] = float(np.max(np.abs(np.array(lm_info["loglik_tokens"]) - ours)))
+    print(
+        f"repeat {rep}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in times.items() if v) +
+        f" | load {os.getloadavg()[0]:.1f}", flush=True)
 
-  ref_s = next(dt for name, dt, _ in results if "harness" in name)
+  med = {k: float(np.median(v)) for k, v in times.items() if v}
   cpu = platform.processor() or platform.machine()
   print()
-  print(
-      f"ICL option scoring, {args.task} 2-shot, {len(prompts)} examples / {n} options / "
-      f"{real_tokens} tokens; random OPT hidden {args.hidden}, {args.layers} layers, vocab 50272, "
-      f"float32")
-  print(
-      f"{datetime.date.today().isoformat()}, {platform.node()} ({cpu}, {os.cpu_count()} cores), "
-      f"JAX {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} on {device}"
-  )
+  print(f"ICL option scoring, 2-shot, tasks {args.tasks} ({args.max_examples or 'all'} examples "
+        f"each): {n} options / {row_tokens} row tokens; random OPT {args.shape} shape "
+        f"(hidden/layers/heads {SHAPES[args.shape]}, vocab 50272), {args.dtype}")
+  print(f"{datetime.datetime.now().isoformat(timespec='minutes')}, {platform.node()} ({cpu}, "
+        f"{os.cpu_count()} cores, load {os.getloadavg()}), JAX {jax.__version__} on "
+        f"{jax.devices()[0].platform}, torch {torch.__version__} on {device}" +
+        (f", lm-eval {lm_info['lm_eval_version']} (torch {lm_info['torch_version']}, "
+         f"{lm_info['threads']} threads)" if lm_info else ""))
+  print(f"trajax plan: {stats['reuse_calls']} reuse + {stats['pack_calls']} pack calls, "
+        f"{stats['shapes']} shapes; {stats['slots']} token slots computed for {row_tokens} row "
+        f"tokens; prefill {stats['prefill_real']}/{stats['prefill']} real, option rows "
+        f"{stats['option_real']}/{stats['option']}, packed {stats['pack_real']}/{stats['pack']}")
+  if lm_info:
+    same = np.array(lm_info["tokens_equal"])
+    print(f"lm-eval tokenised {int(same.sum())}/{n} pairs exactly as trajax; max |Δ| there "
+          f"{diffs['lmeval']}; from trajax's token ids, all {n}: {diffs['lmeval_tokens']:.1e}")
   print()
-  print("| scorer | seconds | options/s | speed vs HF batch 1 | max abs Δ log-prob vs trajax |")
+  print(f"| scorer | median s ({args.repeats} runs) | options/s | s / trajax warm s | "
+        f"max abs Δ log-lik vs trajax |")
   print("|---|---:|---:|---:|---:|")
-  for name, dt, diff in results:
-    print(f"| {name} | {dt:.2f} | {n / dt:.1f} | {ref_s / dt:.2f}x | "
-          f"{'-' if diff is None else f'{diff:.1e}'} |")
+  rows = [("trajax, cold (compiles included)", cold, "-"), ("trajax, warm", med["trajax"], "-"),
+          (f"harness-style PyTorch loop, batch {args.hf_batch_size}", med["loop"],
+           f"{diffs['loop']:.1e}")]
+  if "lmeval" in med:
+    rows.append((f"lm-eval HFLM.loglikelihood, batch {args.hf_batch_size}", med["lmeval"],
+                 f"{diffs['lmeval_tokens']:.1e}"))
+  for name, s, d in rows:
+    print(f"| {name} | {s:.1f} | {n / s:.2f} | {s / med['trajax']:.2f}x | {d} |")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from trajax import distributed
-from trajax.analysis import icl_study
+from trajax.analysis.icl import study as icl_study
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ICL study config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (icl/ is written here).")

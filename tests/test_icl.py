@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trajax.analysis import icl
+from trajax.analysis import common
+from trajax.analysis.icl import bigbench, metrics, prompts, scoring, study
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BIGBENCH = SHARED / "bigbench"
@@ -27,7 +28,7 @@ def tokenizer():
 
 
 def _part(task, subtask=None):
-  t = icl.load_task(BIGBENCH / task)
+  t = bigbench.load_task(BIGBENCH / task)
   return next(p for p in t.parts if subtask is None or p.subtask == subtask)
 
 
@@ -49,7 +50,7 @@ def _write(tmp_path, rel, obj):
 def test_prompt_task_prefix_and_default_fields():
   # phrase_relatedness: task_prefix set; Q/A prefixes, choice prefix and
   # separator absent -> "\nQ: ", "\nA: ", "\n  choice: ", "\n"; choices appended.
-  p = icl.make_prompts(_part("phrase_relatedness"), shots=2, seed=42)[0]
+  p = prompts.make_prompts(_part("phrase_relatedness"), shots=2, seed=42)[0]
   assert p.shot_indices == (63, 41)
   assert p.text == (
       "For each word or phrase, identify the most related choice from the listed options.\n"
@@ -73,7 +74,7 @@ def test_prompt_task_prefix_and_default_fields():
 def test_prompt_without_appended_choices():
   # sentence_ambiguity: append_choices_to_input false, input prefix "\nClaim: ",
   # output prefix "\nTrue or False? " (the paper's Table 8 example).
-  p = icl.make_prompts(_part("sentence_ambiguity"), shots=2, seed=42)[0]
+  p = prompts.make_prompts(_part("sentence_ambiguity"), shots=2, seed=42)[0]
   assert p.shot_indices == (1, 6)
   assert p.text == (
       "\nClaim: Every person in the world has some religious affiliation."
@@ -92,11 +93,11 @@ def test_prompt_composite_subtask():
   # conceptual_combinations/homonyms: the top-level task.json has no examples;
   # the subtask's own fields: input prefix "\n", output "\nAnswer: ",
   # choice prefix "\n option: ", no task_prefix.
-  task = icl.load_task(BIGBENCH / "conceptual_combinations")
+  task = bigbench.load_task(BIGBENCH / "conceptual_combinations")
   assert [p.subtask for p in task.parts] == sorted(p.subtask for p in task.parts)
   part = next(p for p in task.parts if p.subtask == "homonyms")
   assert part.name == "conceptual_combinations:homonyms"
-  p = icl.make_prompts(part, shots=2, seed=42)[0]
+  p = prompts.make_prompts(part, shots=2, seed=42)[0]
   assert p.shot_indices == (2, 6)
   assert p.text == (
       "\nThe word 'ulort' is an adjective for things that are underwear. Question: Which of "
@@ -127,12 +128,12 @@ def test_zero_shot_and_explicit_format(tmp_path):
           }, {"input": "b", "target_scores": {"y": 0, "x": 1}, "target": "x"
              }, {"input": "c", "target_scores": {"x": 0, "y": 1}}]
       })
-  part = icl.load_task(path).parts[0]
-  zero = icl.make_prompts(part, shots=0, seed=3)
+  part = bigbench.load_task(path).parts[0]
+  zero = prompts.make_prompts(part, shots=0, seed=3)
   perm = [t.text.split("#", 1)[1].rstrip(">").split("#") for t in zero]
   assert [sorted(x) for x in perm] == [["x", "y"]] * 3
   assert zero[0].text == f"P|<a#{perm[0][0]}#{perm[0][1]}>"
-  two = icl.make_prompts(part, shots=2, seed=3)
+  two = prompts.make_prompts(part, shots=2, seed=3)
   for p in two:
     shots = "~".join(zero[j].text[2:] + ("x" if j < 2 else "y") for j in p.shot_indices)
     assert p.text == "P|" + shots + "~" + zero[p.example_index].text[2:]
@@ -147,9 +148,9 @@ def test_zero_shot_and_explicit_format(tmp_path):
 def test_shots_never_the_evaluated_example():
   part = _part("mathematical_induction")  # holds one duplicated example
   for dedupe in (True, False):
-    examples = icl.default_set(part, dedupe)
+    examples = prompts.default_set(part, dedupe)
     for seed in range(25):
-      for p in icl.make_prompts(part, shots=2, seed=seed, dedupe=dedupe):
+      for p in prompts.make_prompts(part, shots=2, seed=seed, dedupe=dedupe):
         assert p.example_index not in p.shot_indices
         assert len(set(p.shot_indices)) == 2
         assert all(examples[j].key != examples[p.example_index].key for j in p.shot_indices)
@@ -158,24 +159,24 @@ def test_shots_never_the_evaluated_example():
 @needs_bigbench
 def test_same_seed_same_shots_different_seed_different():
   part = _part("sentence_ambiguity")
-  a = icl.make_prompts(part, seed=7)
-  assert a == icl.make_prompts(part, seed=7)
-  b = icl.make_prompts(part, seed=8)
+  a = prompts.make_prompts(part, seed=7)
+  assert a == prompts.make_prompts(part, seed=7)
+  b = prompts.make_prompts(part, seed=8)
   assert [p.shot_indices for p in a] != [p.shot_indices for p in b]
   assert [p.example_index for p in a] == [p.example_index for p in b] == list(range(60))
 
 
 @needs_bigbench
 def test_max_examples_split_over_subtasks():
-  assert icl.split_max_examples(10, 4) == [3, 3, 2, 2]
-  assert icl.split_max_examples(None, 3) == [None] * 3
+  assert prompts.split_max_examples(10, 4) == [3, 3, 2, 2]
+  assert prompts.split_max_examples(None, 3) == [None] * 3
   with pytest.raises(ValueError):
-    icl.split_max_examples(3, 4)
-  task = icl.load_task(BIGBENCH / "hhh_alignment")
-  prompts = icl.make_task_prompts(task, max_examples=10)
-  counts = {p.name: sum(q.task == p.name for q in prompts) for p in task.parts}
+    prompts.split_max_examples(3, 4)
+  task = bigbench.load_task(BIGBENCH / "hhh_alignment")
+  task_prompts = prompts.make_task_prompts(task, max_examples=10)
+  counts = {p.name: sum(q.task == p.name for q in task_prompts) for p in task.parts}
   assert list(counts.values()) == [3, 3, 2, 2]
-  assert len({(q.task, q.example_index) for q in prompts}) == 10
+  assert len({(q.task, q.example_index) for q in task_prompts}) == 10
 
 
 # ---------------------------------------------------------------------------
@@ -201,8 +202,8 @@ def _bigram_logprob_fn(vocab=97, seed=0):
 
 @needs_tokenizer
 def test_hand_computed_scores_and_normalisation(tokenizer):
-  prompt = icl.Prompt("t", 0, "Q: x\nA:", (" yes", " no way"), (1.0, 0.0), ())
-  reqs = icl.build_requests([prompt], tokenizer)
+  prompt = prompts.Prompt("t", 0, "Q: x\nA:", (" yes", " no way"), (1.0, 0.0), ())
+  reqs = prompts.build_requests([prompt], tokenizer)
   # "Q: x\nA: yes" -> </s> Q : ' x' \n A : ' yes'; ' no way' -> ' no' ' way'
   assert reqs[0].tokens.tolist() == [2, 1864, 35, 3023, 50118, 250, 35, 4420]
   assert reqs[1].tokens.tolist() == [2, 1864, 35, 3023, 50118, 250, 35, 117, 169]
@@ -214,27 +215,27 @@ def test_hand_computed_scores_and_normalisation(tokenizer):
     out[~mask_bt] = np.nan
     return out
 
-  s = icl.score_options(reqs, fn, batch_size=4)
+  s = scoring.score_options(reqs, fn, batch_size=4)
   # ' yes': (35 + 4420) % 10 = 5 -> -0.6.  ' no way': (35+117)%10=2 -> -0.3, (117+169)%10=6 -> -0.7
   np.testing.assert_allclose(s.logprob, [-0.6, -1.0], atol=1e-6)
   assert s.n_tokens.tolist() == [1, 2] and s.n_chars.tolist() == [4, 7]
   np.testing.assert_allclose(s.normalized("tokens"), [-0.6, -0.5], atol=1e-6)
   np.testing.assert_allclose(s.normalized("chars"), [-0.15, -1 / 7], atol=1e-6)
   np.testing.assert_allclose(s.normalized("bytes"), [-0.15, -1 / 7], atol=1e-6)
-  assert icl.grade_examples(reqs, s, "tokens")[0]["pred"] == 1  # per token: ' no way'
-  assert icl.grade_examples(reqs, s, "none")[0]["pred"] == 0  # raw sum: ' yes'
+  assert metrics.grade_examples(reqs, s, "tokens")[0]["pred"] == 1  # per token: ' no way'
+  assert metrics.grade_examples(reqs, s, "none")[0]["pred"] == 0  # raw sum: ' yes'
 
 
 @needs_bigbench
 @needs_tokenizer
 def test_scores_equal_bigram_sums_and_spans_decode(tokenizer):
-  prompts = (icl.make_prompts(_part("sentence_ambiguity"))[:6] +
-             icl.make_prompts(_part("conceptual_combinations", "homonyms"))[:3] +
-             icl.make_prompts(_part("entailed_polarity_hindi"))[:3])
-  reqs = icl.build_requests(prompts, tokenizer)
-  assert len(reqs) == sum(len(p.options) for p in prompts)
+  task_prompts = (prompts.make_prompts(_part("sentence_ambiguity"))[:6] +
+                  prompts.make_prompts(_part("conceptual_combinations", "homonyms"))[:3] +
+                  prompts.make_prompts(_part("entailed_polarity_hindi"))[:3])
+  reqs = prompts.build_requests(task_prompts, tokenizer)
+  assert len(reqs) == sum(len(p.options) for p in task_prompts)
   for r in reqs:
-    p = next(q for q in prompts if q.task == r.task and q.example_index == r.example_index)
+    p = next(q for q in task_prompts if q.task == r.task and q.example_index == r.example_index)
     full = p.text + r.option
     assert r.tokens[0] == tokenizer.bos_token_id == 2
     assert r.tokens.tolist() == tokenizer(full)["input_ids"]
@@ -243,7 +244,7 @@ def test_scores_equal_bigram_sums_and_spans_decode(tokenizer):
     # only a boundary-straddling token may carry prompt characters (" True")
     assert len(span) - len(r.option) <= 1
   fn, table, calls = _bigram_logprob_fn()
-  s = icl.score_options(reqs, fn, batch_size=5, pad_to_multiple=16)
+  s = scoring.score_options(reqs, fn, batch_size=5, pad_to_multiple=16)
   for r, lp in zip(reqs, s.logprob):
     t = r.tokens % 97
     want = sum(table[t[i - 1], t[i]] for i in range(r.option_start, len(t)))
@@ -252,28 +253,28 @@ def test_scores_equal_bigram_sums_and_spans_decode(tokenizer):
   lengths = [len(r.tokens) for r in reqs]
   assert len(calls) == math.ceil(len(reqs) / 5) and calls[0][1] >= max(lengths)
   fn1, _, _ = _bigram_logprob_fn()
-  s1 = icl.score_options(reqs, fn1, batch_size=1, pad_to_multiple=1)
+  s1 = scoring.score_options(reqs, fn1, batch_size=1, pad_to_multiple=1)
   np.testing.assert_allclose(s1.logprob, s.logprob, rtol=0, atol=1e-6)
 
 
 @needs_tokenizer
 def test_truncation_and_empty_option(tokenizer):
   long_text = "".join(f"line {i} of a long prompt\n" for i in range(400)) + "A:"
-  prompt = icl.Prompt("t", 0, long_text, (" yes", ""), (1.0, 0.0), ())
+  prompt = prompts.Prompt("t", 0, long_text, (" yes", ""), (1.0, 0.0), ())
   full = tokenizer(long_text + " yes")["input_ids"]
-  (r, empty) = icl.build_requests([prompt], tokenizer, max_length=64)
+  (r, empty) = prompts.build_requests([prompt], tokenizer, max_length=64)
   assert len(r.tokens) == 64 and r.tokens.tolist() == full[:1] + full[-63:]
   assert r.option_start == 63 and r.prompt_chars_dropped > 0
   assert empty.n_option_tokens == 0
-  s = icl.score_options([r, empty], _bigram_logprob_fn()[0], max_length=64)
+  s = scoring.score_options([r, empty], _bigram_logprob_fn()[0], max_length=64)
   assert s.logprob[1] == 0 and s.normalized("tokens")[1] == -np.inf
-  assert icl.grade_examples([r, empty], s)[0]["pred"] == 0
+  assert metrics.grade_examples([r, empty], s)[0]["pred"] == 0
 
 
 def test_score_options_rejects_nan_in_span():
-  req = icl.OptionRequest("t", 0, 0, "a", 1.0, np.array([2, 5, 6], np.int32), 1, 0)
+  req = prompts.OptionRequest("t", 0, 0, "a", 1.0, np.array([2, 5, 6], np.int32), 1, 0)
   with pytest.raises(ValueError, match="non-finite"):
-    icl.score_options([req], lambda t, m: np.full(t.shape, np.nan, np.float32))
+    scoring.score_options([req], lambda t, m: np.full(t.shape, np.nan, np.float32))
 
 
 # ---------------------------------------------------------------------------
@@ -284,11 +285,11 @@ def test_score_options_rejects_nan_in_span():
 @needs_bigbench
 def test_all_74_tasks_load_with_manifest_counts():
   with pytest.warns(UserWarning, match="identify_odd_metaphor.*append_choices_to_input"):
-    tasks = icl.load_tasks(BIGBENCH)
+    tasks = bigbench.load_tasks(BIGBENCH)
   assert len(tasks) == 74
   assert sum(len(t.parts) > 1 or bool(t.parts and t.parts[0].subtask) for t in tasks) == 11
   assert sum(t.n_mc_examples for t in tasks) == 17435
-  assert sum(len(icl.default_set(p)) for t in tasks for p in t.parts) == 17414
+  assert sum(len(prompts.default_set(p)) for t in tasks for p in t.parts) == 17414
   assert [s["part"] for t in tasks for s in t.skipped] == ["periodic_elements:subtask_1"]
   manifest = (SHARED / "MANIFEST.md").read_text()
   rows = re.findall(r"^\| (\w+) \| [^|]+ \| ([\d,]+) \| ([\d,]+) \| \w+ \|$", manifest, re.M)
@@ -322,7 +323,7 @@ GOOD = {"input": "q", "target_scores": {"a": 1, "b": 0}}
 def test_malformed_task_names_file_and_field(tmp_path, content, field):
   path = _write(tmp_path, "bad_task/task.json", content)
   with pytest.raises(ValueError, match=field) as e:
-    icl.load_task(path.parent)
+    bigbench.load_task(path.parent)
   assert str(path) in str(e.value)
 
 
@@ -331,14 +332,14 @@ def test_malformed_subtask_names_subtask_file(tmp_path):
   _write(tmp_path, "comp/a/task.json", {"examples": [GOOD, GOOD, GOOD]})
   bad = _write(tmp_path, "comp/b/task.json", {"choice_prefix": None, "examples": [GOOD]})
   with pytest.raises(ValueError, match=re.escape(str(bad)) + ".*'choice_prefix'"):
-    icl.load_task(tmp_path / "comp")
+    bigbench.load_task(tmp_path / "comp")
 
 
 def test_subtask_without_mc_is_skipped(tmp_path):
   _write(tmp_path, "comp/task.json", {"name": "comp"})
   _write(tmp_path, "comp/gen/task.json", {"examples": [{"input": "q", "target": "a"}]})
   _write(tmp_path, "comp/mc/task.json", {"examples": [GOOD]})
-  task = icl.load_task(tmp_path / "comp")
+  task = bigbench.load_task(tmp_path / "comp")
   assert [p.name for p in task.parts] == ["comp:mc"]
   assert task.skipped[0]["part"] == "comp:gen" and "no multiple-choice" in task.skipped[0]["reason"]
 
@@ -349,7 +350,8 @@ def test_subtask_without_mc_is_skipped(tmp_path):
 
 
 def _req(task, ex, k, option, score, n_tok):
-  return icl.OptionRequest(task, ex, k, option, score, np.arange(n_tok + 1, dtype=np.int32), 1, 0)
+  return prompts.OptionRequest(task, ex, k, option, score, np.arange(n_tok + 1, dtype=np.int32), 1,
+                               0)
 
 
 def _graded():
@@ -367,21 +369,21 @@ def _graded():
       _req("c:s2", 1, 1, "q", 0, 1)
   ]
   lp = np.array([-2.0, -1.5, -9.0, -1.0, -3.0, -1.0, -2.0, -1.0, -3.0, -4.0, -1.0])
-  s = icl.OptionScores(lp, np.array([r.n_option_tokens for r in reqs]),
-                       np.array([len(r.option) for r in reqs]),
-                       np.array([len(r.option) for r in reqs]))
+  s = scoring.OptionScores(lp, np.array([r.n_option_tokens for r in reqs]),
+                           np.array([len(r.option) for r in reqs]),
+                           np.array([len(r.option) for r in reqs]))
   return reqs, s
 
 
 def test_grade_accuracy_chance_and_option_ppl():
   reqs, s = _graded()
-  ex = icl.grade_examples(reqs, s, "tokens")
+  ex = metrics.grade_examples(reqs, s, "tokens")
   # a/0: per token [-1, -1.5, -3] -> option 0 (correct). a/1: [-1, -3] -> x, graded 0.5.
   assert [r["pred"] for r in ex] == [0, 0, 0, 0, 1]
   assert [r["grade"] for r in ex] == [1.0, 0.5, 1.0, 0.0, 0.0]
   assert ex[0]["chance"] == pytest.approx(1 / 3) and ex[1]["chance"] == 0.75
-  assert icl.grade_examples(reqs, s, "none")[0]["pred"] == 1
-  rows = {(r["task"], r["part"]): r for r in icl.task_rows(ex, checkpoint="ck")}
+  assert metrics.grade_examples(reqs, s, "none")[0]["pred"] == 1
+  rows = {(r["task"], r["part"]): r for r in metrics.task_rows(ex, checkpoint="ck")}
   a = rows[("a", "")]
   assert a["level"] == "task" and a["checkpoint"] == "ck" and a["n_examples"] == 2
   assert a["accuracy"] == 0.75 and a["chance"] == pytest.approx((1 / 3 + 0.75) / 2)
@@ -396,42 +398,44 @@ def test_grade_accuracy_chance_and_option_ppl():
 
 def test_aggregate_is_token_weighted_geometric_mean():
   reqs, s = _graded()
-  rows = icl.task_rows(icl.grade_examples(reqs, s))
-  agg = icl.aggregate_over_tasks(rows)
+  rows = metrics.task_rows(metrics.grade_examples(reqs, s))
+  agg = metrics.aggregate_over_tasks(rows)
   assert agg["n_tasks"] == 2 and agg["accuracy"] == pytest.approx((0.75 + 0.5) / 2)
   # tokens: a correct 3 (ppl e^{5/3}), c correct 4 (ppl e^{2}) -> exp((5+8)/7)
   assert agg["ppl_correct"] == pytest.approx(math.exp(13 / 7))
-  assert icl.weighted_geometric_mean([2.0, 8.0], [1, 1]) == pytest.approx(4.0)
-  assert icl.aggregate_over_tasks(rows, tasks=["a"])["accuracy"] == 0.75
+  assert metrics.weighted_geometric_mean([2.0, 8.0], [1, 1]) == pytest.approx(4.0)
+  assert metrics.aggregate_over_tasks(rows, tasks=["a"])["accuracy"] == 0.75
 
 
 def test_argmax_tiebreak_deterministic():
-  assert icl.argmax_tiebreak([0.1, 0.3, 0.2]) == 1
+  assert metrics.argmax_tiebreak([0.1, 0.3, 0.2]) == 1
   v = [0.5, 0.1, 0.5, 0.5]
-  assert icl.argmax_tiebreak(v) in (0, 2, 3) and icl.argmax_tiebreak(v) == icl.argmax_tiebreak(v)
+  assert metrics.argmax_tiebreak(v) in (
+      0, 2, 3) and metrics.argmax_tiebreak(v) == metrics.argmax_tiebreak(v)
 
 
 def test_linearity_breakthroughness_hand_values():
   # linear: z = 0.1 each; I = +0.3 -> L = B = 3
-  assert icl.linearity([0.1, 0.2, 0.3, 0.4]) == pytest.approx(3.0)
-  assert icl.breakthroughness({125e6: 0.1, 1.3e9: 0.3, 350e6: 0.2, 13e9: 0.4}) == pytest.approx(3.0)
+  assert metrics.linearity([0.1, 0.2, 0.3, 0.4]) == pytest.approx(3.0)
+  assert metrics.breakthroughness({125e6: 0.1, 1.3e9: 0.3, 350e6: 0.2,
+                                   13e9: 0.4}) == pytest.approx(3.0)
   # jump at the end: z = [0, .01, .34], I = .35
   y = [0.25, 0.25, 0.26, 0.6]
-  assert icl.linearity(y) == pytest.approx(0.35 / math.sqrt((0 + 0.0001 + 0.1156) / 3))
-  assert icl.breakthroughness(y) == pytest.approx(0.35 / 0.01)
+  assert metrics.linearity(y) == pytest.approx(0.35 / math.sqrt((0 + 0.0001 + 0.1156) / 3))
+  assert metrics.breakthroughness(y) == pytest.approx(0.35 / 0.01)
   # decreasing: argmax before argmin -> negative
-  assert icl.linearity([0.5, 0.4, 0.3]) == pytest.approx(-2.0)
-  assert icl.linearity([0.2, 0.2, 0.2]) == 0.0
-  assert icl.breakthroughness([0.1, 0.1, 0.1, 0.9]) == math.inf
+  assert metrics.linearity([0.5, 0.4, 0.3]) == pytest.approx(-2.0)
+  assert metrics.linearity([0.2, 0.2, 0.2]) == 0.0
+  assert metrics.breakthroughness([0.1, 0.1, 0.1, 0.9]) == math.inf
   with pytest.raises(ValueError):
-    icl.linearity([0.5])
-  assert len(icl.LINEARITY_TASKS) == 12 and len(icl.BREAKTHROUGHNESS_TASKS) == 6
+    metrics.linearity([0.5])
+  assert len(metrics.LINEARITY_TASKS) == 12 and len(metrics.BREAKTHROUGHNESS_TASKS) == 6
 
 
 @needs_bigbench
 def test_table9_tasks_are_shared_tasks():
   names = {p.name for p in BIGBENCH.iterdir() if (p / "task.json").exists()}
-  assert set(icl.LINEARITY_TASKS) | set(icl.BREAKTHROUGHNESS_TASKS) <= names
+  assert set(metrics.LINEARITY_TASKS) | set(metrics.BREAKTHROUGHNESS_TASKS) <= names
 
 
 # ---------------------------------------------------------------------------
@@ -441,19 +445,19 @@ def test_table9_tasks_are_shared_tasks():
 
 def test_write_csv_atomic_and_done_pairs(tmp_path):
   path = tmp_path / "out" / "icl.csv"
-  assert icl.done_pairs(path) == set()
+  assert study.done_pairs(path) == set()
   rows = [{"checkpoint": "s1000", "task": "c", "part": "x", "level": "subtask", "accuracy": 0.5},
           {"checkpoint": "s1000", "task": "c", "part": "", "level": "task", "accuracy": 0.5}, {
               "checkpoint": "s2000", "task": "a", "part": "", "level": "task", "accuracy": 1.0,
               "extra": "e"
           }]
-  icl.write_csv(rows, path)
+  common.write_csv(rows, path)
   assert os.listdir(path.parent) == ["icl.csv"]
-  back = icl.read_csv(path)
+  back = common.read_csv(path)
   assert back[2]["extra"] == "e" and back[0]["extra"] == "" and float(back[2]["accuracy"]) == 1.0
-  assert icl.done_pairs(path) == {("s1000", "c"), ("s2000", "a")}
-  icl.write_csv(back + [{"checkpoint": "s3000", "task": "a", "level": "task"}], path)
-  assert ("s3000", "a") in icl.done_pairs(path)
-  icl.write_csv([{"task": "a"}], tmp_path / "x.csv")
+  assert study.done_pairs(path) == {("s1000", "c"), ("s2000", "a")}
+  common.write_csv(back + [{"checkpoint": "s3000", "task": "a", "level": "task"}], path)
+  assert ("s3000", "a") in study.done_pairs(path)
+  common.write_csv([{"task": "a"}], tmp_path / "x.csv")
   with pytest.raises(ValueError, match="checkpoint"):
-    icl.done_pairs(tmp_path / "x.csv")
+    study.done_pairs(tmp_path / "x.csv")

@@ -7,14 +7,18 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 from conftest import (HANG_GUARD_S, OPT_TOKENIZER, ROOT, SHARED_DATA, hf_opt, save_hf,
                       torch_logprobs, write_manifest)
 import trajax
-from trajax import checkpoints, scoring, sweep
-from trajax.analysis import icl, icl_study
+from trajax import (checkpoints, convert, distributed, orbax_checkpoints, scoring, sweep,
+                    trajectory)
+from trajax.analysis import common
+from trajax.analysis.icl import bigbench, engine, metrics, prompts
+from trajax.analysis.icl import study as icl_study
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -76,11 +80,11 @@ def icl_config(manifest, **overrides):
 
 
 def _results(study):
-  return icl.read_csv(os.path.join(study["workdir"], "icl", "results.csv"))
+  return common.read_csv(os.path.join(study["workdir"], "icl", "results.csv"))
 
 
 def _options(study, model, step):
-  return icl.read_csv(os.path.join(study["workdir"], "icl", "options", model, f"step{step}.csv"))
+  return common.read_csv(os.path.join(study["workdir"], "icl", "options", model, f"step{step}.csv"))
 
 
 def test_every_checkpoint_and_task_has_a_row(study):
@@ -103,9 +107,9 @@ def test_option_scores_equal_direct_recomputation(study):
   model_name, step = "big", 200
   path = dict(study["models"][model_name][1])[step]
   tok = checkpoints.load_tokenizer(path)
-  task = icl.load_task(BIGBENCH / "human_organs_senses")
-  prompts = icl.make_task_prompts(task, shots=2, seed=42, max_examples=MAX_EXAMPLES)
-  reqs = icl.build_requests(prompts[:1], tok, max_length=ARCH["max_position_embeddings"])
+  task = bigbench.load_task(BIGBENCH / "human_organs_senses")
+  task_prompts = prompts.make_task_prompts(task, shots=2, seed=42, max_examples=MAX_EXAMPLES)
+  reqs = prompts.build_requests(task_prompts[:1], tok, max_length=ARCH["max_position_embeddings"])
   model = trajax.load_hf(path)
   opts = [
       r for r in _options(study, model_name, step)
@@ -148,6 +152,9 @@ def test_rerun_scores_nothing(study, monkeypatch):
   orig = scoring.Scorer.__call__
   monkeypatch.setattr(scoring.Scorer, "__call__",
                       lambda self, *a, **k: calls.append(1) or orig(self, *a, **k))
+  orig_score = engine.OptionScorer.score
+  monkeypatch.setattr(engine.OptionScorer, "score",
+                      lambda self, *a, **k: calls.append(2) or orig_score(self, *a, **k))
   before = _results(study)
   summary = icl_study.run(study["cfg"], study["workdir"])
   assert calls == []
@@ -170,7 +177,7 @@ def test_figures_exist_and_tables_match_results(study):
     for ext in ("png", "csv"):
       assert (out / f"{stem}.{ext}").stat().st_size > 0, f"{stem}.{ext}"
   rows = _results(study)
-  fig8 = icl.read_csv(out / "fig8_accuracy.csv")
+  fig8 = common.read_csv(out / "fig8_accuracy.csv")
   assert len(fig8) == len(MODELS) * len(STEPS)
   for r in fig8:
     accs = [
@@ -179,11 +186,11 @@ def test_figures_exist_and_tables_match_results(study):
     ]
     assert float(r["accuracy"]) == pytest.approx(np.mean(accs))
     assert math.isfinite(float(r["valid_ppl"]))
-  fig9 = icl.read_csv(out / "fig9_groups.csv")
+  fig9 = common.read_csv(out / "fig9_groups.csv")
   assert {r["group"] for r in fig9} == {"breakthroughness", "all"}
   # Only human_organs_senses and what_is_the_tao are Table 9 breakthroughness tasks here.
   assert {int(r["n_tasks"]) for r in fig9 if r["group"] == "breakthroughness"} == {2}
-  scaling = icl.read_csv(out / "fig17_18_task_scaling.csv")
+  scaling = common.read_csv(out / "fig17_18_task_scaling.csv")
   assert {r["task"] for r in scaling} == set(TASKS)
   for r in scaling:
     y = [float(r["acc_small"]), float(r["acc_big"])]  # size order: small, big
@@ -192,8 +199,8 @@ def test_figures_exist_and_tables_match_results(study):
         if x["task"] == r["task"] and x["level"] == "task" and int(x["step"]) == STEPS[-1]
     }
     assert y == pytest.approx([final["small"], final["big"]])
-    assert float(r["linearity"]) == pytest.approx(icl.linearity(y))
-    assert float(r["breakthroughness"]) == pytest.approx(icl.breakthroughness(y))
+    assert float(r["linearity"]) == pytest.approx(metrics.linearity(y))
+    assert float(r["breakthroughness"]) == pytest.approx(metrics.breakthroughness(y))
 
 
 def test_summary_fields(study):
@@ -232,3 +239,60 @@ def test_launcher_subprocess(study, tmp_path):
   assert "0 (checkpoint, task) pairs to score" in proc.stderr
   assert "mean accuracy" in proc.stdout
   assert (tmp_path / "icl" / "fig8_accuracy.png").stat().st_size > 0
+
+
+def _tree(root):
+  """{relative path: bytes} of every CSV under `root`."""
+  root = pathlib.Path(root)
+  return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.csv"))}
+
+
+def test_orbax_converted_manifest_gives_the_same_files(study, tmp_path):
+  """The same trajectory converted to orbax: every CSV byte for byte, the summary equal."""
+  converted = convert.convert_trajectory(study["manifest"], str(tmp_path / "orbax"))
+  assert all(
+      orbax_checkpoints.is_orbax_checkpoint(c.path) for m in trajectory.load(converted).models
+      for c in m.checkpoints)
+  cfg = icl_config(converted, tokenizer=str(OPT_TOKENIZER), store_dir=study["workdir"])
+  summary = icl_study.run(cfg, str(tmp_path / "work"))
+  plain = _tree(pathlib.Path(study["workdir"]) / "icl")
+  assert _tree(tmp_path / "work" / "icl") == plain and len(plain) > 4
+  assert {k: v for k, v in summary.items() if k != "figures"
+         } == {k: v for k, v in study["summary"].items() if k != "figures"}
+
+
+@pytest.mark.skipif(jax.device_count() < 8,
+                    reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
+def test_mesh_2_2_2_equals_plain_run(study, tmp_path):
+  """On a (data, fsdp, tensor) = (2, 2, 2) mesh: the same option scores and predictions."""
+  cfg = icl_config(study["manifest"], mesh_shape="2,2,2", store_dir=study["workdir"])
+  summary = icl_study.run(cfg, str(tmp_path))
+  for m in MODELS:
+    for s in STEPS:
+      got = common.read_csv(tmp_path / "icl" / "options" / m / f"step{s}.csv")
+      want = _options(study, m, s)
+      assert [(r["task"], r["example_index"], r["option_index"], r["pred"]) for r in got
+             ] == [(r["task"], r["example_index"], r["option_index"], r["pred"]) for r in want]
+      np.testing.assert_allclose([float(r["logprob"]) for r in got],
+                                 [float(r["logprob"]) for r in want], rtol=1e-5, atol=1e-5)
+  key = lambda r: (r["checkpoint"], r["task"], r["part"])  # noqa: E731
+  got = {key(r): r["accuracy"] for r in common.read_csv(tmp_path / "icl" / "results.csv")}
+  assert got == {key(r): r["accuracy"] for r in _results(study)}
+  assert summary["final_accuracy"] == study["summary"]["final_accuracy"]
+
+
+def test_only_the_writer_writes_and_models_go_by_size(study, tmp_path, monkeypatch):
+  """A process other than 0 computes the same summary and writes nothing (no claim either).
+
+  Its manifest lists the big model first: the summary still goes smallest first.
+  """
+  monkeypatch.setattr(distributed, "is_writer", lambda: False)
+  manifest = write_manifest(study["tmp"] / "reversed.json", dict(reversed(study["models"].items())))
+  assert [m.name for m in trajectory.load(manifest).models] == ["big", "small"]
+  cfg = icl_config(manifest, store_dir=study["workdir"])
+  work = tmp_path / "work"
+  summary = icl_study.run(cfg, str(work))
+  assert not work.exists()
+  assert summary["models"] == ["small", "big"]
+  assert {k: v for k, v in summary.items() if k != "figures"
+         } == {k: v for k, v in study["summary"].items() if k != "figures"}

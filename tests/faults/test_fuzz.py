@@ -91,19 +91,19 @@ bigbench_values = st.recursive(
 @given(doc=bigbench_values)
 def test_fuzzed_bigbench_task_gives_value_error_or_loads(tmp_path, doc):
   """BIG-bench JSON with missing or wrong-typed fields: an error naming the file, or a task."""
-  from trajax.analysis import icl
+  from trajax.analysis.icl import bigbench, prompts
   SEEN["bigbench"] = SEEN.get("bigbench", 0) + 1
   task_dir = tmp_path / "fuzz_task"
   task_dir.mkdir(exist_ok=True)
   (task_dir / "task.json").write_text(json.dumps(doc))
   try:
-    task = icl.load_task(task_dir)
+    task = bigbench.load_task(task_dir)
   except ValueError as e:
     assert "task.json" in str(e)
   else:
     for part in task.parts:
-      prompts = icl.make_prompts(part, shots=2, seed=0)
-      assert all(p.options for p in prompts)
+      task_prompts = prompts.make_prompts(part, shots=2, seed=0)
+      assert all(p.options for p in task_prompts)
 
 
 def test_zz_summary():  # runs last in this file: the counts of cases tried

@@ -43,7 +43,7 @@ def test_sigkill_during_icl_then_resume_equals_clean_run(tmp_path, tiny_ckpt):
 
 
 def test_second_icl_run_on_a_workdir_is_refused(tmp_path, tiny_ckpt):
-  from trajax.analysis import icl_study
+  from trajax.analysis.icl import study
   with workdir.claim(str(tmp_path / "icl")):
     with pytest.raises(workdir.WorkdirBusy, match="in use by another trajax run"):
-      icl_study.run(None, str(tmp_path))
+      study.run(None, str(tmp_path))

@@ -25,7 +25,28 @@ class KVCache(NamedTuple):
   v_lbshd: jax.Array
 
 
-def scan_layers(layers: nnx.Module, x, kv_cache: KVCache | None, call, per_layer=None):
+class SharedPrefix(NamedTuple):
+  """A read-only cache of E prefixes that R query rows attend to (row r: prefix `rows_r[r]`).
+
+  Keys and values [layers, E, max_len, heads, head_dim]; the slots from the
+  block's `cache_index` on are where each row's own block goes. Passed as a
+  `forward_cached` cache, the rows share the prefixes without an [R, max_len]
+  copy of every layer: each layer gathers its rows' prefixes as it runs, writes
+  the row's block after them, and forgets both (the returned cache is unchanged).
+  """
+  k_lbshd: jax.Array
+  v_lbshd: jax.Array
+  rows_r: jax.Array
+
+
+class _SharedLayer(NamedTuple):
+  k_ebshd: jax.Array
+  v_ebshd: jax.Array
+  rows_r: jax.Array
+
+
+def scan_layers(layers: nnx.Module, x, kv_cache: KVCache | SharedPrefix | None, call,
+                per_layer=None):
   """Runs the stacked decoder layers over `x` in one `lax.scan`.
 
   Args:
@@ -51,6 +72,17 @@ def scan_layers(layers: nnx.Module, x, kv_cache: KVCache | None, call, per_layer
     x, _ = jax.lax.scan(body, x, (state, per_layer))
     return x, None
 
+  if isinstance(kv_cache, SharedPrefix):  # read-only: scanned as an input, not carried
+
+    def body_shared(h, xs):
+      state_i, extra_i, k_ebshd, v_ebshd = xs
+      h, _ = call(nnx.merge(graphdef, state_i), h, extra_i,
+                  _SharedLayer(k_ebshd, v_ebshd, kv_cache.rows_r))
+      return h, None
+
+    x, _ = jax.lax.scan(body_shared, x, (state, per_layer, kv_cache.k_lbshd, kv_cache.v_lbshd))
+    return x, kv_cache
+
   def body_cached(carry, xs):
     h, k_lbshd, v_lbshd = carry
     state_i, extra_i, i = xs
@@ -72,12 +104,18 @@ def write_cache(kv_cache, k_bthd, v_bthd, cache_index):
   """Writes a block's keys/values at slot `cache_index` of one layer's cache.
 
   Returns (keys to attend to, values to attend to, updated (k, v) cache). With
-  no cache (`kv_cache=None`) the block attends to itself only.
+  no cache (`kv_cache=None`) the block attends to itself only; with a layer of a
+  `SharedPrefix`, to its row's prefix and itself, and the cache is returned as is.
   """
   if kv_cache is None:
     return k_bthd, v_bthd, None
   if isinstance(kv_cache, stacked_cache.StackedLayerCache):
     return stacked_cache.write(kv_cache, k_bthd, v_bthd, cache_index)
+  if isinstance(kv_cache, _SharedLayer):  # this layer's prefixes, one per row, then the block
+    k_bshd, v_bshd = (jnp.take(x, kv_cache.rows_r, axis=0) for x in kv_cache[:2])
+    start = (0, cache_index, 0, 0)
+    return (jax.lax.dynamic_update_slice(k_bshd, k_bthd.astype(k_bshd.dtype), start),
+            jax.lax.dynamic_update_slice(v_bshd, v_bthd.astype(v_bshd.dtype), start), kv_cache)
   k_bshd, v_bshd = kv_cache
   start = (0, cache_index, 0, 0)
   k_bshd = jax.lax.dynamic_update_slice(k_bshd, k_bthd.astype(k_bshd.dtype), start)

@@ -7,7 +7,7 @@ A workdir holds the outputs of any subset of the stages:
   decode/                 launch/decode.py     (trajax.analysis.generation: CSVs, figures;
                                                 also read from the workdir itself, where
                                                 a decode run wrote into it directly)
-  icl/summary.json        launch/icl.py        (trajax.analysis.icl_study)
+  icl/summary.json        launch/icl.py        (trajax.analysis.icl.study)
 
 The summaries record the paths their stage wrote, as the stage saw them
 (absolute, or relative to where it ran); `read` maps each to the same file under

@@ -17,7 +17,8 @@ from absl import logging
 
 from trajax import report, sweep
 from trajax import workdir as workdir_lib
-from trajax.analysis import decode_study, icl_study, token_study
+from trajax.analysis import decode_study, token_study
+from trajax.analysis.icl import study as icl_study
 from trajax.toy import train
 
 STAGES = ("train", "score", "trends", "decode", "icl", "report")
