@@ -77,3 +77,10 @@ def test_no_import_circle_in_the_package():
   assert {"trajax.sweep", "trajax.stream", "trajax.models.opt"} <= set(graph)
   assert "trajax.stream" in graph["trajax.sweep"]  # the graph sees real edges
   assert _cycle(graph) is None, f"import circle: {' -> '.join(_cycle(graph))}"
+
+
+def test_no_library_module_over_450_lines():
+  """A module does one thing: ~400 lines is a sign to split (STYLE.md); 450 is the ceiling."""
+  sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+  assert len(sizes) > 40 and max(sizes.values()) > 200  # it counted the real package
+  assert {p: n for p, n in sizes.items() if n > 450} == {}

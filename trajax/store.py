@@ -17,9 +17,7 @@ store with another dataset, tokenizer or trajectory is an error.
 """
 from __future__ import annotations
 
-import builtins
 import dataclasses
-import json
 import os
 import warnings
 
@@ -27,96 +25,19 @@ import numpy as np
 import tensorstore as ts
 
 from trajax import atomic, faults
-
-PENDING, DONE, FAILED = 0, 1, 2
-VALIDATION = "validation"  # the validation dataset's folder in the store
-# Largest chunk of a logprobs row, in float32 values (64 MiB).
-MAX_CHUNK_VALUES = 16 * 2**20
-
-
-def _int(v, lo: int = 0) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool) and v >= lo
-
-
-def _strs(v) -> bool:
-  return isinstance(v, list) and all(isinstance(x, str) for x in v)
-
-
-# field: (check, what is expected, required); the store's own files, checked on every reopen.
-DATASET_FIELDS = {
-    "dataset_hash": (lambda v: isinstance(v, str), "a string", True),
-    "tokenizer_hash": (lambda v: isinstance(v, str), "a string", True),
-    "block_shape": (lambda v: isinstance(v, list) and len(v) == 2 and all(map(_int, v)),
-                    "[rows, block_len], two integers >= 0", True),
-    "documents": (_strs, "a list of document names", False),
-    "n_predictions": (_int, "an integer >= 0", False),
-    "tokenizer_path": (lambda v: isinstance(v, str), "the tokenizer directory used", False),
-    # Validation only: {subset name: [first row, end row)} over the dataset's blocks.
-    "subsets": (lambda v: isinstance(v, dict) and all(
-        isinstance(r, list) and len(r) == 2 and all(map(_int, r)) and r[0] < r[1]
-        for r in v.values()), "an object {subset: [first row, end row]}", False),
-}
-META_FIELDS = {
-    "steps": (lambda v: isinstance(v, list) and all(map(_int, v)),
-              "a list of checkpoint steps (integers >= 0)", True),
-    "tokens_per_step": (lambda v: _int(v, 1), "an integer >= 1", True),
-    "params": (lambda v: v is None or _int(v, 1), "a positive integer or null", False),
-    "paths": (_strs, "a list of checkpoint paths", False),
-    "architecture":
-        (lambda v: isinstance(v, dict) and isinstance(v.get("family"), str) and isinstance(
-            v.get("config"), dict), "an object with 'family' and 'config'", False),
-    "param_count": (lambda v: _int(v, 1), "a positive integer", False),
-    "flops_params": (lambda v: _int(v, 1), "a positive integer", False),
-    "seq_len": (lambda v: _int(v, 1), "a positive integer", False),
-    "flops": (lambda v: isinstance(v, dict) and all(
-        isinstance(x, list) and all(isinstance(f, (int, float)) for f in x) for x in v.values()),
-              "an object {method: [FLOPs per checkpoint]}", False),
-}
-# Fields of meta.json derived from the manifest and config.json: refreshed on reopen.
-DERIVED_FIELDS = ("params", "paths", "param_count", "flops_params", "seq_len", "flops")
-
-
-def _read_json(path: str, fields: dict | None = None) -> dict:
-  """The JSON object in `path` with its `fields` checked; damage is a ValueError naming it."""
-  try:
-    with builtins.open(path, "rb") as f:
-      obj = json.loads(f.read())
-  except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, too-long integers, deep nesting
-    raise ValueError(f"{path}: not valid JSON ({e}); this store's metadata is damaged: restore "
-                     f"the file or use a new workdir") from None
-  if not isinstance(obj, dict):
-    raise ValueError(f"{path}: expected a JSON object, found {type(obj).__name__}")
-  for key, (check, expected, required) in (fields or {}).items():
-    if key not in obj:
-      if required:
-        raise ValueError(f"{path}: missing field {key!r} ({expected})")
-    elif not check(obj[key]):
-      raise ValueError(f"{path}: field {key!r} is {obj[key]!r}; expected {expected}")
-  return obj
-
-
-def _check_model(meta_path: str, meta: dict, done: ts.TensorStore) -> None:
-  """A model's meta.json (read with META_FIELDS) against its `done` array."""
-  n = len(meta["steps"])
-  if "paths" in meta and len(meta["paths"]) != n:
-    raise ValueError(f"{meta_path}: {len(meta['paths'])} paths for {n} steps")
-  for method, flops_c in meta.get("flops", {}).items():
-    if len(flops_c) != n:
-      raise ValueError(f"{meta_path}: {len(flops_c)} {method} FLOPs for {n} steps")
-  if tuple(done.shape) != (n,):
-    raise ValueError(f"{meta_path}: {n} steps, but the model's done array has shape "
-                     f"{list(done.shape)}; the store is damaged: use a new workdir")
-
-
-def _zarr(path: str, dtype: str, shape, chunks, fill, create: bool):
-  spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": path}}
-  if not create:
-    return ts.open(spec, open=True).result()
-  spec["metadata"] = {
-      "dtype": dtype, "shape": list(shape), "chunks": list(chunks), "fill_value": fill,
-      "compressor": None
-  }
-  return ts.open(spec, create=True, open=True).result()
+from trajax.store_format import (
+    DATASET_FIELDS,
+    DERIVED_FIELDS,
+    DONE,
+    FAILED,  # noqa: F401
+    MAX_CHUNK_VALUES,
+    META_FIELDS,
+    PENDING,
+    VALIDATION,
+    check_model,
+    read_dataset,
+    read_json,
+    zarr)
 
 
 @dataclasses.dataclass
@@ -166,7 +87,7 @@ def _open_or_create_dataset(root: str, dataset: dict, tokens_bt: np.ndarray,
   os.makedirs(root, exist_ok=True)
   meta_path = os.path.join(root, "dataset.json")
   if os.path.exists(meta_path):
-    old = _read_json(meta_path, DATASET_FIELDS)
+    old = read_json(meta_path, DATASET_FIELDS)
     for key in ("dataset_hash", "tokenizer_hash", "block_shape"):
       if old.get(key) != dataset.get(key):
         raise ValueError(f"{meta_path}: this store was written for {key}={old.get(key)!r}, "
@@ -181,9 +102,9 @@ def _rows_arrays(name: str, mdir: str, meta: dict, n_values: int, where: str) ->
   """A model's logprobs/done arrays in `mdir` (created when absent), shapes checked."""
   n_ckpt = len(meta["steps"])
   if os.path.exists(os.path.join(mdir, "done")):
-    rows = ModelRows(name, meta, _zarr(os.path.join(mdir, "logprobs"), "", 0, 0, 0, False),
-                     _zarr(os.path.join(mdir, "done"), "", 0, 0, 0, False))
-    _check_model(where, meta, rows.done)
+    rows = ModelRows(name, meta, zarr(os.path.join(mdir, "logprobs"), "", 0, 0, 0, False),
+                     zarr(os.path.join(mdir, "done"), "", 0, 0, 0, False))
+    check_model(where, meta, rows.done)
     if tuple(rows.logprobs.shape) != (n_ckpt, n_values):
       raise ValueError(f"{where}: the model's logprobs array in {mdir} has shape "
                        f"{list(rows.logprobs.shape)}, expected {[n_ckpt, n_values]}; the store "
@@ -192,8 +113,8 @@ def _rows_arrays(name: str, mdir: str, meta: dict, n_values: int, where: str) ->
   os.makedirs(mdir, exist_ok=True)
   chunk = min(n_values, MAX_CHUNK_VALUES)
   # logprobs first, done last: a done array means the logprobs array exists.
-  lp = _zarr(os.path.join(mdir, "logprobs"), "<f4", (n_ckpt, n_values), (1, chunk), "NaN", True)
-  done = _zarr(os.path.join(mdir, "done"), "|i1", (n_ckpt,), (1,), 0, True)
+  lp = zarr(os.path.join(mdir, "logprobs"), "<f4", (n_ckpt, n_values), (1, chunk), "NaN", True)
+  done = zarr(os.path.join(mdir, "done"), "|i1", (n_ckpt,), (1,), 0, True)
   return ModelRows(name, meta, lp, done)
 
 
@@ -237,7 +158,7 @@ class Store:
     meta_path = os.path.join(mdir, "meta.json")
     n_values = int(np.prod(self.dataset["block_shape"]))
     if os.path.exists(meta_path):
-      old = _read_json(meta_path, META_FIELDS)
+      old = read_json(meta_path, META_FIELDS)
       if old["steps"] != list(meta["steps"]):
         raise ValueError(f"{meta_path}: model {name!r} was stored with steps {old['steps']}, "
                          f"this trajectory has {list(meta['steps'])}; use a new workdir")
@@ -264,32 +185,6 @@ class Store:
                         n_values, os.path.join(self.root, name, "meta.json"))
 
 
-def _read_dataset(root: str) -> tuple[dict, np.ndarray, np.ndarray]:
-  """(dataset.json, tokens, mask) of a dataset folder, every field and shape checked."""
-  meta_path = os.path.join(root, "dataset.json")
-  dataset = _read_json(meta_path, DATASET_FIELDS)
-  shape = tuple(dataset["block_shape"])
-  if "documents" in dataset and len(dataset["documents"]) != shape[0]:
-    raise ValueError(f"{meta_path}: {len(dataset['documents'])} documents for "
-                     f"block_shape {list(shape)}")
-  tokens_path = os.path.join(root, "tokens.npz")
-  try:
-    with np.load(tokens_path) as blocks:
-      tokens, mask = blocks["tokens"], blocks["mask"]
-  except FileNotFoundError:
-    raise FileNotFoundError(f"{tokens_path}: missing; the store is damaged: use a new "
-                            f"workdir") from None
-  except Exception as e:  # noqa: BLE001  np.load raises BadZipFile, EOFError, KeyError...
-    raise ValueError(f"{tokens_path}: cannot be read ({type(e).__name__}: {e}); the store is "
-                     f"damaged: use a new workdir") from None
-  if (tokens.shape != shape or mask.shape != shape or tokens.dtype.kind not in "iu" or
-      mask.dtype != bool):
-    raise ValueError(f"{tokens_path}: tokens {tokens.dtype}{list(tokens.shape)} and "
-                     f"mask {mask.dtype}{list(mask.shape)}, expected integer tokens "
-                     f"and a bool mask of block_shape {list(shape)} from {meta_path}")
-  return dataset, tokens, mask
-
-
 class StoreReader:
   """Read-only view for notebooks and the analyses (`trajax.store.open`)."""
   def __init__(self, workdir: str):
@@ -297,11 +192,11 @@ class StoreReader:
     if not os.path.exists(os.path.join(self.root, "dataset.json")):
       raise FileNotFoundError(f"{os.path.join(self.root, 'dataset.json')}: no trajax store in "
                               f"{workdir!r}")
-    self.dataset, self.tokens, self.mask = _read_dataset(self.root)
+    self.dataset, self.tokens, self.mask = read_dataset(self.root)
     vroot = os.path.join(self.root, VALIDATION)
     self.validation = None
     if os.path.exists(os.path.join(vroot, "dataset.json")):
-      self.validation = _read_json(os.path.join(vroot, "dataset.json"), DATASET_FIELDS)
+      self.validation = read_json(os.path.join(vroot, "dataset.json"), DATASET_FIELDS)
       n_rows = self.validation["block_shape"][0]
       for name, (lo, hi) in self.validation.get("subsets", {}).items():
         if hi > n_rows:
@@ -311,8 +206,8 @@ class StoreReader:
     for name in sorted(os.listdir(self.root)):
       path = os.path.join(self.root, name, "meta.json")
       if os.path.exists(path):
-        meta = _read_json(path, META_FIELDS)
-        _check_model(path, meta, _zarr(os.path.join(self.root, name, "done"), "", 0, 0, 0, False))
+        meta = read_json(path, META_FIELDS)
+        check_model(path, meta, zarr(os.path.join(self.root, name, "done"), "", 0, 0, 0, False))
         self._meta[name] = meta
 
   @property
@@ -357,7 +252,7 @@ class StoreReader:
     mdir = self._dir(model, dataset)
     if not os.path.exists(os.path.join(mdir, "done")):  # validation added after this model
       return np.zeros(len(self.meta(model)["steps"]), np.int8)
-    return _zarr(os.path.join(mdir, "done"), "", 0, 0, 0, False).read().result()
+    return zarr(os.path.join(mdir, "done"), "", 0, 0, 0, False).read().result()
 
   def logprobs(self, model: str, done_only: bool = True, dataset: str = "analysis") -> np.ndarray:
     """[checkpoint, rows * block_len] float32 (rows of unfinished checkpoints dropped).
@@ -372,7 +267,7 @@ class StoreReader:
       n_values = int(np.prod((self.validation or self.dataset)["block_shape"]))
       lp = np.full((done.shape[0], n_values), np.nan, np.float32)
     else:
-      lp = _zarr(os.path.join(mdir, "logprobs"), "", 0, 0, 0, False).read().result()
+      lp = zarr(os.path.join(mdir, "logprobs"), "", 0, 0, 0, False).read().result()
     return lp[done] if done_only else lp
 
   @property
