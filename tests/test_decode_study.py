@@ -48,6 +48,7 @@ def plain(tmp_path_factory):
   config.trajectory = write_manifest(str(root / "traj.json"), models)
   config.tokenizer = str(OPT_TOKENIZER)
   config.data.files = str(docs / "*.txt")
+  config.data.max_docs = 2  # prompts from documents 0 and 1; 2 and 3 are corrupted
   config.configs = ("ps-pl", "pl")
   config.max_new_tokens = NEW_TOKENS
   config.batch_size = 4
@@ -145,10 +146,11 @@ def test_two_process_run_equals_plain_run(plain, tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
   flags = [
       f"--config.trajectory={config.trajectory}", f"--config.tokenizer={config.tokenizer}",
-      f"--config.data.files={config.data.files}", "--config.configs=('ps-pl', 'pl')",
-      f"--config.max_new_tokens={NEW_TOKENS}", "--config.batch_size=4",
-      "--config.score_batch_size=4", "--config.corrupted.fractions=(0.2, 1.0)",
-      "--config.corrupted.max_length=16", "--config.mesh_shape=2,2,2", f"--workdir={workdir}",
+      f"--config.data.files={config.data.files}", "--config.data.max_docs=2",
+      "--config.configs=('ps-pl', 'pl')", f"--config.max_new_tokens={NEW_TOKENS}",
+      "--config.batch_size=4", "--config.score_batch_size=4",
+      "--config.corrupted.fractions=(0.2, 1.0)", "--config.corrupted.max_length=16",
+      "--config.mesh_shape=2,2,2", f"--workdir={workdir}",
       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"
   ]
   procs = [
@@ -167,3 +169,52 @@ def test_two_process_run_equals_plain_run(plain, tmp_path):
   assert printed[0] == printed[1] and any(p.startswith("generated_ppl") for p in printed[0])
   got = dict(line.split("\t") for line in printed[0])
   _assert_same(got, out)
+
+
+def test_corrupted_texts_come_from_the_documents_after_the_prompts(plain):
+  config, out, refs = plain
+  texts, _, crows = _outputs(out)
+  docs = os.path.dirname(config.data.files)
+  assert {t["doc"] for t in texts} == {os.path.join(docs, f"{i}.txt") for i in (0, 1)}
+  # By hand: documents 2 and 3 (not 0 and 1, the prompts'), their first 16 tokens, BOS
+  # prepended, 20% and 100% of the tokens replaced, scored by torch's final checkpoints.
+  import torch
+  from trajax import checkpoints, corruption
+  tok = checkpoints.load_tokenizer(str(OPT_TOKENIZER))
+  seqs = [
+      tok(open(os.path.join(docs, f"{i}.txt")).read(), add_special_tokens=False)["input_ids"][:16]
+      for i in (2, 3)
+  ]
+  vocab_ids = corruption.candidate_ids(len(tok), exclude=[1, 2])  # <pad>, </s> (= <s> = <unk>)
+  assert [r["n_seqs"] for r in crows] == [2] * 4
+  for name in SIZES:
+    for f in (0.2, 1.0):
+      nll = []
+      for i, s in enumerate(seqs):
+        ids = [2] + corruption.replace(s, f, vocab_ids, generation.corruption_seed(0, f, i),
+                                       16).tolist()
+        with torch.no_grad():
+          logits = refs[(name, 30)](input_ids=torch.tensor([ids])).logits.double()
+        lp = torch.log_softmax(logits[0, :-1], -1).gather(-1, torch.tensor(ids[1:])[:, None])
+        nll += (-lp[:, 0]).tolist()
+      row = next(r for r in crows if r["model"] == name and r["fraction"] == f)
+      assert row["n_tokens"] == 32
+      np.testing.assert_allclose(row["ppl"], np.exp(np.mean(nll)), rtol=1e-5)
+
+
+def test_corrupted_corpus_is_configurable_and_held_out_by_default(tmp_path):
+  from trajax import data
+  docs = [data.Document(n, "text " * 20) for n in ("a", "b", "c", "d")]
+  config = decode_config.get_config()
+  # The prompts came from a and c (b was too short): only d follows them.
+  picked = decode_study.corrupted_documents(config, docs, [{"doc": "a"}, {"doc": "c"}])
+  assert [d.name for d in picked] == ["d"]
+  with pytest.raises(
+      ValueError, match=r"config.corrupted.data.files is empty and no document "
+      r"of config.data.files follows the 2 prompt documents"):
+    decode_study.corrupted_documents(config, docs, [{"doc": "a"}, {"doc": "d"}])
+  # A corpus of its own (the paper: opensubtitles), whatever the prompts.
+  (tmp_path / "subs.jsonl").write_text('{"text": "one line"}\n{"text": "two lines"}\n')
+  config.corrupted.data.files = str(tmp_path / "subs.jsonl")
+  picked = decode_study.corrupted_documents(config, docs, [{"doc": "a"}, {"doc": "d"}])
+  assert [d.text for d in picked] == ["one line", "two lines"]

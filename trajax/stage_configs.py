@@ -176,6 +176,17 @@ def decode() -> ml_collections.ConfigDict:
   config.corrupted.max_length = 100
   # Documents corrupted; 0 = all.
   config.corrupted.max_docs = 0
+  # The corpus corrupted (paper App. C.1: the opensubtitles subset of OPT's validation set),
+  # apart from the prompt documents.
+  config.corrupted.data = ml_collections.ConfigDict()
+  # Comma-separated glob(s) of .txt or .jsonl files; "" = the documents of data.files that
+  # give no prompt (those after the first data.max_docs prompts; data.max_docs must then
+  # leave some).
+  config.corrupted.data.files = ""
+  # JSONL field holding the text.
+  config.corrupted.data.text_key = "text"
+  # Strip Project Gutenberg headers/footers from .txt files.
+  config.corrupted.data.gutenberg = True
   return config
 
 

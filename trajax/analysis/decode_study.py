@@ -4,7 +4,8 @@
   generations_{N}.jsonl    texts decoded by the small and large final checkpoints
   examples_{N}.md          Table 1
   generated_ppl_{N}.csv    PPL of the texts under every checkpoint (saved per checkpoint)
-  corrupted_ppl.csv        PPL of corrupted documents under the final checkpoints
+  corrupted_ppl.csv        PPL of corrupted documents under the final checkpoints (a corpus
+                           apart from the prompts': `corrupted_documents`)
   fig5_corrupted.png, fig6_final_{N}.png, fig6_flops_{method}_{N}.png and, when
   `config.store_dir` (default: `workdir`) holds a store, fig16_valid_ppl_{method}_{N}.png.
 Each step is skipped when its output exists, so a rerun resumes.
@@ -108,10 +109,8 @@ def _read_generations(path: str, config) -> list[dict] | None:
   return texts
 
 
-def _generate(config, docs, tokenizer, small_m, large_m, checkpoint_stream) -> list[dict]:
+def _generate(config, prompts, tokenizer, small_m, large_m, checkpoint_stream) -> list[dict]:
   """Decodes every prompt with the two final checkpoints."""
-  prompts = generation.make_prompts(docs, tokenizer, config.prompt_tokens, config.data.max_docs or
-                                    None)
   if jax.process_count() > 1 and checkpoint_stream.mesh is not None:
     # `decoding.generate` takes host prompts and returns host arrays, so it cannot run on
     # weights sharded across processes: each process decodes the same texts on its own
@@ -133,6 +132,33 @@ def _generate(config, docs, tokenizer, small_m, large_m, checkpoint_stream) -> l
                                    temperature=config.temperature, seed=config.seed,
                                    batch_size=config.batch_size, eos_id=config.eos_id,
                                    vocab_size=vocab, log=logging.info)
+
+
+def corrupted_documents(config, docs, prompts) -> list[data.Document]:
+  """The corpus the corrupted-text experiment corrupts, apart from the prompt documents.
+
+  `config.corrupted.data.files` when set (the paper: OPT's opensubtitles validation
+  subset); else the documents of `config.data.files` after the prompts' own
+  (`generation.held_out_documents`).
+  """
+  c = config.corrupted.data
+  if c.files:
+    out = data.read_documents(c.files, text_key=c.text_key, gutenberg=c.gutenberg, log=logging.info)
+    shared = {p["doc"] for p in prompts} & {d.name for d in out}
+    if shared:
+      logging.warning("config.corrupted.data.files shares %d document(s) with the prompts",
+                      len(shared))
+    return out
+  out = generation.held_out_documents(docs, prompts)
+  if not out:
+    raise ValueError(
+        f"config.corrupted.data.files is empty and no document of config.data.files follows "
+        f"the {len(prompts)} prompt documents (config.data.max_docs={config.data.max_docs}): "
+        f"nothing held out to corrupt; set config.corrupted.data.files (the paper: OPT's "
+        f"opensubtitles validation subset), lower config.data.max_docs, or set "
+        f"config.corrupted.enabled=False")
+  logging.info("corrupted texts: %d document(s) held out after the prompts' own", len(out))
+  return out
 
 
 def _corrupted(config, docs, tokenizer, traj, order, checkpoint_stream) -> list[dict]:
@@ -170,6 +196,8 @@ def _run(config, workdir: str, out_dir: str) -> dict:
                      f"{mesh_shape!r})")
   docs = data.read_documents(config.data.files, text_key=config.data.text_key,
                              gutenberg=config.data.gutenberg, log=logging.info)
+  prompts = generation.make_prompts(docs, tokenizer, config.prompt_tokens, config.data.max_docs or
+                                    None)
   n = config.max_new_tokens
   out = {
       "generations": os.path.join(out_dir, f"generations_{n}.jsonl"),
@@ -183,9 +211,12 @@ def _run(config, workdir: str, out_dir: str) -> dict:
   crows = (generation.read_rows(corrupted_path, generation.CORRUPT_FIELDS)
            if config.corrupted.enabled else [])
   _sync("decode: earlier outputs read")
+  cdocs = (
+      corrupted_documents(config, docs, prompts) if config.corrupted.enabled and not crows else None
+  )  # fails before any decoding
 
   if texts is None:
-    texts = _generate(config, docs, tokenizer, small_m, large_m, checkpoint_stream)
+    texts = _generate(config, prompts, tokenizer, small_m, large_m, checkpoint_stream)
     if writer:
       common.write_jsonl(texts, out["generations"])
   if writer:
@@ -210,7 +241,7 @@ def _run(config, workdir: str, out_dir: str) -> dict:
 
   if config.corrupted.enabled:
     if not crows:
-      crows = _corrupted(config, docs, tokenizer, traj, order, checkpoint_stream)
+      crows = _corrupted(config, cdocs, tokenizer, traj, order, checkpoint_stream)
       if writer:
         common.write_csv(crows, corrupted_path, generation.CORRUPT_FIELDS)
     out["corrupted_ppl"] = corrupted_path
