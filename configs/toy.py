@@ -34,6 +34,9 @@ def get_config(preset: str = "full"):
   # Held-out documents whose tokens the study analyses (trends): apart from validation, so
   # plots against validation PPL are not circular.
   config.world.n_analysis_docs = 64
+  # Held-out documents the corrupted-text experiment corrupts (paper: OPT's opensubtitles
+  # validation subset, App. C.1): apart from the validation documents the prompts come from.
+  config.world.n_corrupted_docs = 16
   # Minimum BPE tokens per document (>= train.seq_len so a validation block is full).
   config.world.doc_tokens = 256
   # Tokenizer vocabulary, including 4 special and 256 byte tokens.
@@ -95,6 +98,8 @@ def get_config(preset: str = "full"):
   config.decode.data.max_docs = 16
   config.decode.seq_len = config.train.seq_len
   config.decode.corrupted.max_docs = 16
+  # The corrupted corpus is the world's "corrupted" split (set by trajax.toy.study.wire).
+  config.decode.corrupted.data.gutenberg = False
   # Corrupted sequences must fit the context with BOS (paper: 100 tokens).
   config.decode.corrupted.max_length = min(100, config.train.seq_len - 1)
 
@@ -113,6 +118,7 @@ def _tiny(config):
   config.world.n_train_docs = 120
   config.world.n_validation_docs = 8
   config.world.n_analysis_docs = 8
+  config.world.n_corrupted_docs = 4
   config.world.doc_tokens = 64
   config.world.vocab_size = 512
   config.world.n_task_examples = 20

@@ -1,7 +1,11 @@
-"""Two-model generation, scoring and corrupted texts (paper §4) over a trajectory.
+"""Two-model generation, scoring, corrupted texts, MAUVE and another family's scores (paper §4).
 
   python launch/decode.py --config=configs/decode.py \
       --config.trajectory=runs/opt.json --config.data.files='pg19/*.txt' --workdir=out/decode
+
+The paper's protocol: `--config=configs/opt_paper.py:decode` (125M + 30B, Fig. 5-7, 13),
+with `--config.corrupted.data.files=` OPT's opensubtitles validation file and
+`--config.cross_family_trajectory=` a manifest of GPT-Neo's final checkpoints (Fig. 7).
 """
 
 from absl import app, flags

@@ -29,8 +29,9 @@ from conftest import ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 # What a report of all four stages shows, by the paper's figure and table numbers.
-FULL_SECTIONS = ("Fig. 1 ", "Fig. 2 ", "Fig. 3 ", "Fig. 4 ", "Table 3 ", "Fig. 5 (left)", "Fig. 6 ",
-                 "Table 1 ", "Fig. 8 ", "Fig. 9 ", "Fig. 17/18 ")
+FULL_SECTIONS = ("Fig. 1 ", "Fig. 2 ", "Fig. 3 ", "Fig. 4 ", "Fig. 12 ", "Table 3 ",
+                 "Fig. 5 (left)", "Fig. 6 ", "Fig. 6 (row 2) ", "Fig. 13 ", "Table 1 ", "Fig. 8 ",
+                 "Fig. 9 ", "Fig. 17/18 ")
 STAGE_DIRS = ("store", "trends", "decode", "icl")
 # Appended to a copy of the page: once it has loaded, one line per <img> with its natural
 # size, so the DOM dump shows what the browser made of every image.
@@ -232,13 +233,14 @@ def test_decode_written_into_the_workdir_itself(toy_study, tmp_path):
   raw = _Page(open(report.build(str(flat)), encoding="utf-8").read())
   for stage in ("score", "trends", "icl"):
     assert f"{stage} (" in raw.not_run
-  assert raw.h2 == [
-      "Fig. 5 (left) — corrupted texts at final checkpoints",
-      f"Fig. 6 — perplexity of generated texts (final checkpoints and trajectories) ({n} new "
-      f"tokens)", f"Table 1 — example generations per configuration ({n} new tokens)",
-      "Fig. 6 — perplexity of generated texts (final checkpoints and trajectories) (500 new "
-      "tokens)", "Table 1 — example generations per configuration (500 new tokens)"
+  per_run = lambda k: [
+      f"Fig. 6 — perplexity of generated texts (final checkpoints and trajectories) ({k} new "
+      f"tokens)", f"Fig. 6 (row 2) — trajectories of p_s − p_l texts ({k} new tokens)",
+      f"Fig. 13 — MAUVE of the generated texts ({k} new tokens)",
+      f"Table 1 — example generations per configuration ({k} new tokens)"
   ]
+  assert raw.h2 == ["Fig. 5 (left) — corrupted texts at final checkpoints"
+                   ] + per_run(n) + per_run(500)
   with open(flat / "corrupted_ppl.csv", newline="") as f:
     fractions = {r["fraction"] for r in csv.DictReader(f)}
   page = open(flat / "report.html", encoding="utf-8").read()

@@ -219,6 +219,16 @@ def test_validation_split_is_held_out(world, splits):
   assert {s for s, _, _ in parse_facts("\n".join(valid))} <= set(world.by_name)
 
 
+def test_held_out_splits_are_apart_and_leave_the_others_unchanged(world, splits):
+  more = toy_documents.generate_splits(world, n_train=40, n_validation=10, seed=0,
+                                       min_tokens=MIN_TOKENS, n_analysis=3, n_corrupted=4)
+  assert list(more) == ["train", "validation", "analysis", "corrupted"]
+  assert more["train"] == splits["train"] and more["validation"] == splits["validation"]
+  assert len(more["analysis"]) == 3 and len(more["corrupted"]) == 4
+  texts = [t for split in more.values() for t in split]
+  assert len(set(texts)) == len(texts)  # no document in two splits
+
+
 # ------------------------------------------------------------------- tokenizer
 
 

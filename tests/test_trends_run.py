@@ -166,6 +166,36 @@ def test_subset_trajectory_is_exp_mean_nll_over_selected_tokens(scored):
                                np.exp(np.nanmean(np.log(ppl[m][:, sel]), axis=1)), rtol=1e-12)
 
 
+def test_selected_tokens_are_followed_in_every_model(scored):
+  """Per subset chosen by one model: the others' own categories of it and its PPL change."""
+  workdir, reader, summary = scored
+  small, big = _by_size(reader)
+  ppl = {m: np.exp(-reader.logprobs(m).astype(np.float64)) for m in reader.models}
+  fits = {m: trends.fit(ppl[m], reader.done_steps(m), 0.1) for m in reader.models}
+  for entry in summary["subsets"]:
+    if entry["selector"] == "self" or entry["fraction"] != 0.1:
+      continue
+    sel = fits[entry["selector"]].category == token_study.CATEGORY_CODES[entry["category"]]
+    for m in reader.models:
+      cats = fits[m].category[sel]
+      kept = cats[cats != trends.EXCLUDED]
+      if not kept.size:
+        assert entry["categories_in"][m] == {}
+        continue
+      for name, code in token_study.CATEGORY_CODES.items():
+        assert entry["categories_in"][m][name] == pytest.approx(100 * np.mean(kept == code))
+      # 10% of 400 steps: the window starts at the first checkpoint (step 100).
+      sub = np.exp(np.nanmean(np.log(ppl[m][:, sel]), axis=1))  # exp(mean NLL)
+      assert entry["window_change"][m] == pytest.approx(sub[-1] / sub[0] - 1, rel=1e-12)
+  # By hand: 2 excluded, then stagnated, upward, upward, none.
+  cat = np.array([
+      trends.EXCLUDED, trends.EXCLUDED, trends.STAGNATED, trends.UPWARD, trends.UPWARD, trends.NONE
+  ])
+  assert token_study.token_subsets.category_percents(cat) == {
+      "stagnated": 25.0, "upward": 50.0, "downward": 0.0, "none": 25.0
+  }
+
+
 def test_every_figure_written(scored):
   workdir, _, summary = scored
   out = pathlib.Path(workdir, "trends")

@@ -156,6 +156,33 @@ def decode() -> ml_collections.ConfigDict:
   config.store_dir = ""
   # Rows of the Table-1-style example table (prompts shown).
   config.table_prompts = 3
+  # Another family's manifest whose final checkpoints also score the texts (Fig. 7: OPT's
+  # texts under GPT-Neo 125M, 1.3B, 2.7B); "" = none. The texts are carried over as
+  # characters and re-encoded by that family's tokenizer (trajax.analysis.cross_family).
+  config.cross_family_trajectory = ""
+  # Its tokenizer directory; "" = its largest model's final checkpoint directory.
+  config.cross_family_tokenizer = ""
+  # Score every checkpoint of the other family (a trajectory), not only the final ones.
+  config.cross_family_all_checkpoints = False
+
+  # MAUVE of the texts against the documents' own continuations (App. C.3 Fig. 13, C.4
+  # Table 4), with mauve-text's settings (trajax.analysis.mauve).
+  config.mauve = ml_collections.ConfigDict()
+  config.mauve.enabled = True
+  # Checkpoint whose last-token final hidden states are the features (it must use the
+  # decoding tokenizer); "" = the large model's final checkpoint.
+  config.mauve.feature_model = ""
+  # k-means clusters; 0 = mauve-text's "auto": max(2, round(min(texts) / 10)).
+  config.mauve.num_buckets = 0
+  # PCA keeps the leading components explaining this share of the variance.
+  config.mauve.explained_variance = 0.9
+  # k-means restarts (the lowest objective kept) and Lloyd iterations per restart.
+  config.mauve.num_redo = 5
+  config.mauve.max_iter = 500
+  # The constant c of the divergence curve exp(-c KL).
+  config.mauve.scaling = 5.0
+  # Seed of the k-means starts (mauve-text's default 25).
+  config.mauve.seed = 25
 
   config.data = ml_collections.ConfigDict()
   # Comma-separated glob(s) of .txt (one document per file) or .jsonl files.
@@ -176,6 +203,17 @@ def decode() -> ml_collections.ConfigDict:
   config.corrupted.max_length = 100
   # Documents corrupted; 0 = all.
   config.corrupted.max_docs = 0
+  # The corpus corrupted (paper App. C.1: the opensubtitles subset of OPT's validation set),
+  # apart from the prompt documents.
+  config.corrupted.data = ml_collections.ConfigDict()
+  # Comma-separated glob(s) of .txt or .jsonl files; "" = the documents of data.files that
+  # give no prompt (those after the first data.max_docs prompts; data.max_docs must then
+  # leave some).
+  config.corrupted.data.files = ""
+  # JSONL field holding the text.
+  config.corrupted.data.text_key = "text"
+  # Strip Project Gutenberg headers/footers from .txt files.
+  config.corrupted.data.gutenberg = True
   return config
 
 

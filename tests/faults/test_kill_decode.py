@@ -34,8 +34,9 @@ def _cmd(tmp_path, tiny_ckpt):
       sys.executable,
       str(ROOT / "launch" / "decode.py"), f"--config={ROOT}/configs/decode.py",
       f"--config.trajectory={manifest}", f"--config.tokenizer={OPT_TOKENIZER}",
-      f"--config.data.files={docs / '*.txt'}", f"--config.max_new_tokens={NEW_TOKENS}",
-      "--config.batch_size=4", "--config.score_batch_size=4", "--config.corrupted.max_length=24",
+      f"--config.data.files={docs / '*.txt'}", "--config.data.max_docs=3",
+      f"--config.max_new_tokens={NEW_TOKENS}", "--config.batch_size=4",
+      "--config.score_batch_size=4", "--config.corrupted.max_length=24",
       "--config.corrupted.fractions=(0.2, 1.0)"
   ]
 

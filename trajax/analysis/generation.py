@@ -2,12 +2,14 @@
 
 Protocol (§4.2): prompts are the first 5 tokens of documents (after BOS); 50 new
 tokens (100 and 500 in App. C.5) are decoded from p' = λ1·p_s + λ2·p_l for each
-of the five `sampling.CONFIGS`, greedy and nucleus, combining the smallest and
-the largest model. The texts are then scored with every checkpoint of every
+of the five `sampling.CONFIGS`, greedy and nucleus, combining a small and a
+large model (paper: 125M and 30B). The texts are then scored with every checkpoint of every
 model: perplexity over the continuation tokens only, pooled over the texts of a
 configuration (exp of the mean NLL over all their continuation tokens). The
 corrupted-text experiment (§4.1, App. C.1) replaces 20..100% of the first 100
-tokens of each document with random ids and scores them with final checkpoints.
+tokens of each document of another corpus (the paper: OPT's opensubtitles
+validation subset; by default the documents after the prompts' own,
+`held_out_documents`) with random ids and scores them with final checkpoints.
 
 Checkpoints are read through `trajax.stream.CheckpointStream` (HF or converted
 directories, the next one read while this one scores, on a mesh when the stream
@@ -219,6 +221,21 @@ def score_texts(texts: Sequence[dict], checkpoints_by_model: Mapping[str, object
           f"({time.perf_counter() - t0:.1f}s)")
     t0 = time.perf_counter()
   return rows
+
+
+def held_out_documents(docs: Sequence[data.Document],
+                       prompts: Sequence[dict]) -> list[data.Document]:
+  """The documents after the last one a prompt came from: a corpus apart from the prompts.
+
+  Args:
+    docs: the documents `make_prompts` read, in its order.
+    prompts: its records (their "doc" names).
+  Returns:
+    The documents that follow the last prompt's document ([] if none does).
+  """
+  used = {p["doc"] for p in prompts}
+  last = max((i for i, d in enumerate(docs) if d.name in used), default=-1)
+  return list(docs[last + 1:])
 
 
 def document_tokens(docs: Sequence[data.Document], tokenizer, max_length: int = 100,

@@ -1,8 +1,9 @@
 """Figures and the example table of the sequence-level study (paper §4).
 
 Fig. 5 left (corrupted texts vs size), Fig. 6 (generated texts vs size at final
-checkpoints, and along trajectories against FLOPs), Fig. 16 (against validation
-perplexity), Table 1 (example generations). Each figure is a PNG with the CSV of
+checkpoints, and along trajectories against FLOPs), Fig. 7 (the same texts under
+another family), Fig. 13 (MAUVE), Fig. 16 (against validation perplexity),
+Table 1 (example generations). Each figure is a PNG with the CSV of
 the plotted numbers beside it (`common.figure_paths`).
 """
 from __future__ import annotations
@@ -97,10 +98,11 @@ def _configs(rows):
   return sorted({r["config"] for r in rows}, key=lambda c: order.index(c) if c in order else 99)
 
 
-def plot_generated_scaling(png_path, rows: Sequence[dict], params_by_model: Mapping[str, float]):
-  """Fig. 6 row 1: PPL of generated texts vs model size at final checkpoints.
+def plot_generated_scaling(png_path, rows: Sequence[dict], params_by_model: Mapping[str, float],
+                           title: str = ""):
+  """Fig. 6 row 1 (and Fig. 7): PPL of generated texts vs model size at final checkpoints.
 
-  One panel per config, one line per method. Returns (png, csv).
+  One panel per config, one line per method; `title` above the panels. Returns (png, csv).
   """
   png, csv_path = common.figure_paths(png_path)
   rows = _final_rows(rows)
@@ -119,8 +121,30 @@ def plot_generated_scaling(png_path, rows: Sequence[dict], params_by_model: Mapp
     ax.set(xscale="log", title=config, xlabel="parameters")
     ax.legend(fontsize=7)
   axes[0][0].set_ylabel("perplexity")
+  if title:
+    fig.suptitle(title, fontsize=9)
   common.save_figure(fig, png, dpi=DPI)
   common.write_csv(table, csv_path, ("config", "method", "model", "params", "ppl"))
+  return png, csv_path
+
+
+def plot_mauve(png_path, rows: Sequence[dict]):
+  """Fig. 13: MAUVE per configuration, one bar per decoding method. Returns (png, csv)."""
+  png, csv_path = common.figure_paths(png_path)
+  configs = _configs(rows)
+  methods = sorted({r["method"] for r in rows})
+  fig, ax = common.subplots(figsize=(1.2 * len(configs) + 2, 3))
+  width = 0.8 / max(1, len(methods))
+  for k, method in enumerate(methods):
+    by = {r["config"]: r["mauve"] for r in rows if r["method"] == method}
+    xs = [i + k * width for i, c in enumerate(configs) if c in by]
+    ax.bar(xs, [by[c] for c in configs if c in by], width, label=method)
+  ax.set_xticks([i + 0.4 - width / 2 for i in range(len(configs))], configs)
+  ax.set(ylabel="MAUVE", ylim=(0, 1), title="MAUVE of generated texts")
+  ax.legend(fontsize=7)
+  common.save_figure(fig, png, dpi=DPI)
+  common.write_csv([{k: r[k] for k in ("config", "method", "mauve", "num_buckets")} for r in rows],
+                   csv_path, ("config", "method", "mauve", "num_buckets"))
   return png, csv_path
 
 

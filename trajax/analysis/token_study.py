@@ -36,13 +36,9 @@ from absl import logging
 
 from trajax import atomic, checkpoints, data, flops, store
 from trajax import workdir as workdir_lib
-from trajax.analysis import common, trend_figures, trends
+from trajax.analysis import common, token_subsets, trend_figures, trends
+from trajax.analysis.token_subsets import CATEGORY_CODES, SELECTOR_KEYWORDS  # noqa: F401  (re-exported)
 
-CATEGORY_CODES = {
-    "stagnated": trends.STAGNATED, "upward": trends.UPWARD, "downward": trends.DOWNWARD,
-    "none": trends.NONE
-}
-SELECTOR_KEYWORDS = ("self", "smallest", "largest")
 FLOPS_METHODS = flops.FLOPS_METHODS
 SUMMARY_FRACTION = 0.1  # the paper quotes category shares after 10% of training
 
@@ -106,7 +102,7 @@ def load_models(reader: store.StoreReader, method: str = "palm") -> list[ModelTr
 
 def _fit(model: ModelTrajectory, fraction: float, config) -> FitSummary | None:
   """The model's categories at `fraction`, or None when the window has < 3 points."""
-  j = trends.start_index(model.steps_c, fraction)
+  j = trends.start_index(model.steps_c, fraction, rule=config.start_rule)
   if model.steps_c.shape[0] - j < 3:
     logging.info(
         "model %s: start fraction %g selects step %d, leaving %d point(s) in the "
@@ -115,23 +111,6 @@ def _fit(model: ModelTrajectory, fraction: float, config) -> FitSummary | None:
   res = trends.fit(model.ppl_cn, model.steps_c, fraction, x=config.x, chunk_size=config.chunk_size,
                    start_rule=config.start_rule)
   return FitSummary(res.category, res.shares(), res.start_index, res.start_step, res.n_excluded)
-
-
-def _resolve(selector: str, names: list[str]) -> str:
-  if selector == "smallest":
-    return names[0]
-  if selector == "largest":
-    return names[-1]
-  if selector not in names:
-    raise ValueError(f"selector {selector!r} is neither one of {SELECTOR_KEYWORDS} nor a model "
-                     f"in the store ({names})")
-  return selector
-
-
-def _percent(category_n: np.ndarray, code: int) -> tuple[float, int]:
-  valid = int(np.count_nonzero(category_n != trends.EXCLUDED))
-  n = int(np.count_nonzero(category_n == code))
-  return (100.0 * n / valid if valid else math.nan), n
 
 
 def _write_checkpoints_csv(path: str, models: list[ModelTrajectory]) -> None:
@@ -188,7 +167,7 @@ def _run_unlocked(config, workdir: str) -> dict:
   names = [m.name for m in models]
   by_name = {m.name: m for m in models}
   for sel in (*[s for s in config.selectors if s != "self"], config.token_view_model):
-    _resolve(sel, names)  # fail on a bad name before any work
+    token_subsets.resolve(sel, names)  # fail on a bad name before any work
   logging.info("loaded %d model(s) in %.1fs: %s", len(models), time.perf_counter() - t_start, names)
 
   # Fig. 1 and the per-checkpoint table.
@@ -233,7 +212,7 @@ def _run_unlocked(config, workdir: str) -> dict:
 
   # Fig. 3, 4, 10, 11 and 12.
   t0 = time.perf_counter()
-  subsets = _subsets(config, models, by_name, fits, out_dir, flops_by, vppl_by)
+  subsets = token_subsets.subsets(config, models, by_name, fits, out_dir, flops_by, vppl_by)
   logging.info("%d subset figure pairs in %.1fs", len(subsets), time.perf_counter() - t0)
 
   token_view = _token_view(config, reader, by_name, names, fits, out_dir)
@@ -278,63 +257,9 @@ def _run_unlocked(config, workdir: str) -> dict:
   return summary
 
 
-def _subsets(config, models, by_name, fits, out_dir, flops_by, vppl_by) -> list[dict]:
-  """Every selector × fraction × category subset: figures and summary entries."""
-  names = [m.name for m in models]
-  selectors, entries = [], []
-  for sel in config.selectors:
-    key = "self" if sel == "self" else _resolve(sel, names)
-    if key not in selectors:
-      selectors.append(key)
-  for sel in selectors:
-    for p in config.subset_fractions:
-      p = float(p)
-      for cat in config.categories:
-        code = CATEGORY_CODES[cat]
-        stem = os.path.join(out_dir, "subsets", f"{sel}_{cat}_p{round(100 * p):02d}")
-        entry = {"selector": sel, "category": cat, "fraction": p}
-        if sel == "self":
-          traj, pct = {}, {}
-          for m in models:
-            f = fits[(m.name, p)]
-            if f is None:
-              continue
-            traj.update(
-                trends.subset_trajectories(f.category_n == code, {m.name: m.ppl_cn},
-                                           mean=config.subset_mean))
-            pct[m.name] = _percent(f.category_n, code)[0]
-          if not traj:
-            logging.info("subset self/%s at %g: no model has a window of >= 3 points", cat, p)
-            continue
-          entry.update(percent=pct, start_step={n: fits[(n, p)].start_step for n in traj})
-          title, shown = f"{cat} after {100 * p:g}% of each model", None
-        else:
-          f = fits[(sel, p)]
-          if f is None:
-            logging.info("subset %s/%s at %g skipped: the window has < 3 points", sel, cat, p)
-            continue
-          mask_n = f.category_n == code
-          traj = trends.subset_trajectories(mask_n, {m.name: m.ppl_cn for m in models},
-                                            mean=config.subset_mean)
-          shown, count = _percent(f.category_n, code)
-          if count == 0:
-            logging.info("subset %s/%s at %g is empty: its curves are NaN", sel, cat, p)
-          entry.update(percent=shown, n_tokens=count, start_step=f.start_step)
-          title = f"{cat} after {100 * p:g}% of {sel}"
-        fx = trend_figures.subset_vs_flops(f"{stem}_flops.png", {n: flops_by[n] for n in traj}, traj,
-                                           title, shown)
-        fv = trend_figures.subset_vs_validation_ppl(f"{stem}_valid_ppl.png",
-                                                    {n: vppl_by[n] for n in traj}, traj, title,
-                                                    shown)
-        entry["mean_ppl_final"] = {n: float(v[-1]) for n, v in traj.items()}
-        entry["figures"] = [*fx, *fv]
-        entries.append(entry)
-  return entries
-
-
 def _token_view(config, reader, by_name, names, fits, out_dir) -> dict | None:
   """Table 3: one block's tokens coloured by one model's categories."""
-  model = by_name[_resolve(config.token_view_model, names)]
+  model = by_name[token_subsets.resolve(config.token_view_model, names)]
   p = float(config.token_view_fraction)
   f = fits[(model.name, p)]
   if f is None:

@@ -36,8 +36,10 @@ class Outputs:
     store: scoring: {"models", "block_shape", "steps", "done_steps", "valid_ppl"}
       (per model: every step, the done steps and their validation PPL), or None.
     trends: trends/summary.json with its paths local, or None.
-    decode: {"dir", "corrupted_ppl", "fig5", "runs": [{"new_tokens", "generated_ppl",
-      "examples", "figures"}]} (one run per number of new tokens), or None.
+    decode: {"dir", "corrupted_ppl", "fig5", "params" (model -> parameters, from the stage's
+      figure CSVs), "runs": [{"new_tokens", "generated_ppl", "examples", "figures", "mauve",
+      "fig13", "cross_family_ppl", "fig7", "cross_family_params"}]} (one run per number of
+      new tokens; absent files are None), or None.
     icl: icl/summary.json with its paths local, or None.
     not_run: stage -> what was looked for, for every stage not found.
   """
@@ -54,8 +56,12 @@ class Outputs:
       if stage and stage.get("models"):
         return list(stage["models"])
     if self.decode:
+      params = self.decode.get("params") or {}
       for run in self.decode["runs"]:
-        return list(dict.fromkeys(r["model"] for r in read_csv(run["generated_ppl"])))
+        names = list(dict.fromkeys(r["model"] for r in read_csv(run["generated_ppl"])))
+        if set(names) <= set(params):  # by size, as the stage recorded them
+          return sorted(names, key=lambda m: (params[m], m))
+        return names
     return []
 
 
@@ -153,6 +159,13 @@ def _read_decode(stage_dir: str) -> dict:
       runs.append((int(m.group(1)), path))
   out = {"dir": stage_dir, "corrupted_ppl": _existing(os.path.join(stage_dir, "corrupted_ppl.csv"))}
   out["fig5"] = _existing(os.path.join(stage_dir, "fig5_corrupted.png"))
+  # Model sizes as the stage recorded them beside its figures (parameter counts).
+  out["params"] = {}
+  for csv_path in sorted(glob.glob(os.path.join(glob.escape(stage_dir), "fig6_final_*.csv"))) + [
+      os.path.join(stage_dir, "fig5_corrupted.csv")
+  ]:
+    if os.path.isfile(csv_path):
+      out["params"].update({r["model"]: float(r["params"]) for r in read_csv(csv_path)})
   out["runs"] = []
   for n, ppl_path in sorted(runs):
     # The order decode_study.run draws them in: the final checkpoints, then per method
@@ -161,10 +174,17 @@ def _read_decode(stage_dir: str) -> dict:
     for method in sorted({r["method"] for r in read_csv(ppl_path) if "method" in r}):
       figures.append(_existing(os.path.join(stage_dir, f"fig6_flops_{method}_{n}.png")))
       figures.append(_existing(os.path.join(stage_dir, f"fig16_valid_ppl_{method}_{n}.png")))
+    fig7 = _existing(os.path.join(stage_dir, f"fig7_cross_family_{n}.png"))
     out["runs"].append({
         "new_tokens": n, "generated_ppl": ppl_path,
-        "examples": _existing(os.path.join(stage_dir, f"examples_{n}.md")),
-        "figures": [p for p in figures if p]
+        "examples": _existing(os.path.join(stage_dir, f"examples_{n}.md")
+                             ), "figures": [p for p in figures if p],
+        "mauve": _existing(os.path.join(stage_dir, f"mauve_{n}.csv")
+                          ), "fig13": _existing(os.path.join(stage_dir, f"fig13_mauve_{n}.png")),
+        "cross_family_ppl": _existing(os.path.join(stage_dir, f"cross_family_ppl_{n}.csv")),
+        "fig7": fig7, "cross_family_params":
+            ({r["model"]: float(r["params"]) for r in read_csv(fig7[:-len(".png")] + ".csv")}
+             if fig7 and os.path.isfile(fig7[:-len(".png")] + ".csv") else {})
     })
   return out
 

@@ -227,7 +227,8 @@ def generate_documents(world: World, n_docs: int, seed: int, min_tokens: int = 1
 
 
 def generate_splits(world: World, n_train: int, n_validation: int, seed: int,
-                    min_tokens: int = 1024, n_analysis: int = 0) -> dict[str, list[str]]:
+                    min_tokens: int = 1024, n_analysis: int = 0,
+                    n_corrupted: int = 0) -> dict[str, list[str]]:
   """Train and held-out documents: same world, independent seed streams.
 
   Args:
@@ -237,12 +238,15 @@ def generate_splits(world: World, n_train: int, n_validation: int, seed: int,
     min_tokens: as in generate_documents.
     n_analysis: documents of a third held-out split, the tokens a study analyses
       (kept apart from the validation split its perplexity is measured on).
+    n_corrupted: documents of a fourth held-out split, the corpus the corrupted-text
+      experiment corrupts (the paper's opensubtitles subset, App. C.1: apart from the
+      documents the decoding prompts come from).
   Returns:
-    {"train": [...], "validation": [...]} (+ "analysis" when n_analysis > 0); no
-    text appears in two splits.
+    {"train": [...], "validation": [...]} (+ "analysis", "corrupted" when asked
+    for); no text appears in two splits.
   """
-  sizes = (("train", n_train),
-           ("validation", n_validation)) + ((("analysis", n_analysis),) if n_analysis > 0 else ())
+  sizes = (("train", n_train), ("validation", n_validation)) + tuple(
+      (name, n) for name, n in (("analysis", n_analysis), ("corrupted", n_corrupted)) if n > 0)
   splits = {
       name: generate_documents(world, n, derive_seed(seed, name), min_tokens) for name, n in sizes
   }

@@ -44,6 +44,7 @@ def wire(config, workdir: str, manifest: str) -> None:
   t.store_dir, t.tokenizer = workdir, tokenizer
   d = config.decode
   d.trajectory, d.tokenizer, d.data.files, d.store_dir = manifest, tokenizer, validation, workdir
+  d.corrupted.data.files = os.path.join(workdir, "data", "corrupted.jsonl")
   i = config.icl
   i.trajectory, i.tokenizer, i.store_dir = manifest, tokenizer, workdir
   i.tasks_dir = os.path.join(workdir, "tasks")

@@ -2,7 +2,7 @@
 
 `train_family(config, workdir)` writes, under `workdir`:
   tokenizer/                       byte-level BPE trained once on the train split
-  data/{train,validation}.jsonl    the documents, {"text": ...} per line
+  data/{train,validation,analysis,corrupted}.jsonl  the documents, {"text": ...} per line
   tasks/<task>/task.json           the world's BIG-bench multiple-choice tasks
   checkpoints/<model>/step<N>/     HF checkpoints (config, safetensors, tokenizer)
   checkpoints/<model>/train_log.jsonl, train_config.json
@@ -129,7 +129,8 @@ def prepare_data(config, workdir: str) -> dict[str, Any]:
   w = config.world
   world = world_lib.make_world(w.seed, n_people=w.n_people, n_towns=w.n_towns)
   splits = documents.generate_splits(world, w.n_train_docs, w.n_validation_docs, w.seed,
-                                     min_tokens=w.doc_tokens, n_analysis=w.n_analysis_docs)
+                                     min_tokens=w.doc_tokens, n_analysis=w.n_analysis_docs,
+                                     n_corrupted=w.get("n_corrupted_docs", 0))
   data_dir = os.path.join(workdir, "data")
   os.makedirs(data_dir, exist_ok=True)
   for split, texts in splits.items():
