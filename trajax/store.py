@@ -32,8 +32,8 @@ from trajax.store_format import (
     FAILED,  # noqa: F401
     MAX_CHUNK_VALUES,
     META_FIELDS,
-    PENDING,
-    VALIDATION,
+    PENDING,  # noqa: F401
+    VALIDATION,  # noqa: F401
     check_model,
     read_dataset,
     read_json,

@@ -26,7 +26,6 @@ training is a model's last done step.
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from typing import NamedTuple
