@@ -39,7 +39,7 @@ chromium:
 	  fi; }
 
 test: check-format chromium
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q tests
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q --durations=25 tests
 
 clean:
 	rm -rf $(VENV) demo_out

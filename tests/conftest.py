@@ -3,8 +3,10 @@ import contextlib
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -22,6 +24,25 @@ OPT_TOKENIZER = SHARED_DATA / "tokenizer" / "opt"
 # arm their own, per child process.
 for _name in ("TRAJAX_FAULT", "TRAJAX_FAULT_TRACE"):
   os.environ.pop(_name, None)
+
+# One persistent XLA compilation cache per test session, shared with every stage a test
+# starts as a subprocess (they inherit the environment): a fault test runs the same stage
+# once clean and once per kill point, and each run would otherwise compile the same programs
+# again. Fresh per session (no state carried between runs of the suite) and removed at its
+# end; a cached executable is the same program, so no result depends on it. A directory set
+# by the caller is used as is.
+_JAX_CACHE_OWNED = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _JAX_CACHE_OWNED:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="trajax-test-jax-cache-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del session, exitstatus
+  if _JAX_CACHE_OWNED:
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
 
 # Only catches a hung subprocess (a deadlock): no healthy run a test starts comes near it,
 # however loaded the machine, so no test outcome depends on how long a run takes.
