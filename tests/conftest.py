@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -55,6 +56,25 @@ settings.register_profile(
     "trajax", deadline=None, derandomize=True, database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.load_profile("trajax")
+
+
+@contextlib.contextmanager
+def reserved_port():
+  """A localhost port no other program can take while the block runs; yields its number.
+
+  Picking a free port and closing it before the coordinator binds it is a race
+  (another program, or a concurrent test run, may take it in between). Instead
+  the port stays bound here, with SO_REUSEPORT, for the whole test: the kernel
+  hands it to no one else (`bind(0)` and outgoing connections skip a port in
+  use, and a plain bind of it fails), while JAX's coordinator, a gRPC server,
+  which binds with SO_REUSEPORT as the same user, may share it. This socket never
+  listens, so every connection reaches the coordinator.
+  """
+  with socket.socket() as s:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("127.0.0.1", 0))
+    yield s.getsockname()[1]
+
 
 # A tiny pre-LN OPT; tests override fields to get each variant.
 TINY = dict(vocab_size=96, hidden_size=16, num_hidden_layers=2, ffn_dim=32, num_attention_heads=4,

@@ -6,9 +6,9 @@ devices, must decode the same token ids and give the same perplexities (1e-5).
 The plain run itself is checked against independent references: the large
 model's own greedy decoding, torch's parameter count, per-text log-probs.
 """
+import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -18,7 +18,7 @@ import pytest
 
 import trajax
 from configs import decode as decode_config
-from conftest import OPT_TOKENIZER, ROOT, hf_opt, save_hf, write_manifest
+from conftest import HANG_GUARD_S, OPT_TOKENIZER, ROOT, hf_opt, reserved_port, save_hf, write_manifest
 from trajax import convert, decoding
 from trajax.analysis import common, decode_study, generation
 
@@ -132,35 +132,36 @@ def test_mesh_run_equals_plain_run(plain, tmp_path):
     decode_study.run(config, str(tmp_path / "w2"))
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_two_process_run_equals_plain_run(plain, tmp_path):
   """Two processes of 4 CPU devices on one (2, 2, 2) mesh: process 0 alone writes."""
   config, out, _ = plain
   workdir = tmp_path / "w"
-  port = _free_port()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-  flags = [
-      f"--config.trajectory={config.trajectory}", f"--config.tokenizer={config.tokenizer}",
-      f"--config.data.files={config.data.files}", "--config.data.max_docs=2",
-      "--config.configs=('ps-pl', 'pl')", f"--config.max_new_tokens={NEW_TOKENS}",
-      "--config.batch_size=4", "--config.score_batch_size=4",
-      "--config.corrupted.fractions=(0.2, 1.0)", "--config.corrupted.max_length=16",
-      "--config.mesh_shape=2,2,2", f"--workdir={workdir}",
-      f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"
-  ]
-  procs = [
-      subprocess.Popen([
-          sys.executable,
-          str(ROOT / "launch" / "decode.py"), f"--config={ROOT}/configs/decode.py", *flags,
-          f"--process_id={pid}"
-      ], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for pid in range(2)
-  ]
-  results = [p.communicate(timeout=600) for p in procs]
+  logs = [(tmp_path / f"p{pid}.out", tmp_path / f"p{pid}.err") for pid in range(2)]
+  with reserved_port() as port, contextlib.ExitStack() as files:
+    flags = [
+        f"--config.trajectory={config.trajectory}", f"--config.tokenizer={config.tokenizer}",
+        f"--config.data.files={config.data.files}", "--config.data.max_docs=2",
+        "--config.configs=('ps-pl', 'pl')", f"--config.max_new_tokens={NEW_TOKENS}",
+        "--config.batch_size=4", "--config.score_batch_size=4",
+        "--config.corrupted.fractions=(0.2, 1.0)", "--config.corrupted.max_length=16",
+        "--config.mesh_shape=2,2,2", f"--workdir={workdir}",
+        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"
+    ]
+    procs = []
+    for pid in range(2):
+      # Output to files, not pipes: a process blocked on a full pipe nobody drains would
+      # stall both at their next collective.
+      stdout, stderr = (files.enter_context(open(f, "w")) for f in logs[pid])
+      procs.append(
+          subprocess.Popen([
+              sys.executable,
+              str(ROOT / "launch" / "decode.py"), f"--config={ROOT}/configs/decode.py", *flags,
+              f"--process_id={pid}"
+          ], env=env, stdout=stdout, stderr=stderr))
+    for p in procs:
+      p.wait(timeout=HANG_GUARD_S)
+  results = [(o.read_text(), e.read_text()) for o, e in logs]
   for p, (_, err) in zip(procs, results):
     assert p.returncode == 0, err[-3000:]
   assert "8 global devices" in results[0][1]

@@ -1,33 +1,14 @@
 """Two processes on this machine (coordinator on 127.0.0.1, 4 CPU devices each)."""
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 
 from trajax import store, sweep
-from conftest import HANG_GUARD_S, ROOT
+from conftest import HANG_GUARD_S, ROOT, reserved_port
 from test_sweep import _setup
-
-
-@contextlib.contextmanager
-def reserved_port():
-  """A localhost port no other program can take while the block runs; yields its number.
-
-  Picking a free port and closing it before the coordinator binds it is a race
-  (another program, or a concurrent test run, may take it in between). Instead
-  the port stays bound here, with SO_REUSEPORT, for the whole test: the kernel
-  hands it to no one else (`bind(0)` and outgoing connections skip a port in
-  use, and a plain bind of it fails), while JAX's coordinator, a gRPC server,
-  which binds with SO_REUSEPORT as the same user, may share it. This socket never
-  listens, so every connection reaches the coordinator.
-  """
-  with socket.socket() as s:
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    s.bind(("127.0.0.1", 0))
-    yield s.getsockname()[1]
 
 
 def test_two_process_sweep_equals_single_process(tmp_path, tiny_ckpt):

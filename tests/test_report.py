@@ -25,7 +25,7 @@ from PIL import Image
 
 from trajax import report, store
 from trajax.report import findings
-from conftest import ROOT
+from conftest import HANG_GUARD_S, ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 # What a report of all four stages shows, by the paper's figure and table numbers.
@@ -96,7 +96,7 @@ def _chromium(args, cwd):
       f"--user-data-dir={profile}", *args
   ]
   # The timeout only guards against a hung browser; nothing is timed.
-  res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+  res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=HANG_GUARD_S)
   assert res.returncode == 0, f"chromium exited {res.returncode}: {res.stderr[-3000:]}"
   return res.stdout
 
