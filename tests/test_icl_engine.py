@@ -109,9 +109,9 @@ def test_one_compilation_per_shape_none_per_task_or_checkpoint(tmp_path, request
   assert np.abs(second.logprob - first.logprob).max() > 1e-3  # other weights were used
   # The pack path compiles once per packed-row shape, through the engine's Scorer.
   pack_plan = engine.OptionScorer(scorer, "pack", batch_tokens=512).plan(requests)
-  before_pack = scoring._score._cache_size()  # pylint: disable=protected-access
+  before_pack = scoring._score.active()._cache_size()  # pylint: disable=protected-access
   engine.OptionScorer(scorer, "pack", batch_tokens=512).score(requests, plan=pack_plan)
-  assert scoring._score._cache_size() - before_pack == len(pack_plan.shapes())  # pylint: disable=protected-access
+  assert scoring._score.active()._cache_size() - before_pack == len(pack_plan.shapes())  # pylint: disable=protected-access
 
 
 def test_length_buckets_hand_values():
