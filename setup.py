@@ -28,7 +28,8 @@ setuptools.setup(
     extras_require={
         # torch is the parity reference; 2.13.0 is the CPU wheel on the dev/CI disk.
         "test": [
-            "torch==2.13.0", "pytest>=8", "statsmodels>=0.14", "hypothesis>=6.100", "yapf==0.43.0"
+            "torch==2.13.0", "pytest>=8", "pytest-xdist>=3.6", "statsmodels>=0.14",
+            "hypothesis>=6.100", "yapf==0.43.0"
         ],
     },
 )

@@ -11,18 +11,22 @@ each variant's ratio is the median over rounds of (torch time / variant time) in
 round. The error column is max |variant - float64 reference| over the output.
 
 Variants (all exact in float32 unless the name says bf16):
-  trajax           `layers.causal_flash` as shipped: tiles of [rows x heads, 128, 128] with
-                   rows x heads ~ 24 (the whole batch of 2 here), block-major K/V, causal
-                   compare on diagonal tiles only, compiled with `xla_cpu.options()`
-                   (YNNPACK for reductions only).
-  trajax rows=1    the same with one batch row per tile ([heads, 128, 128], lax.map over rows).
-  trajax/b64, /b256  the same with 64- or 256-token tiles.
+  trajax           `layers.causal_rows`, what `layers.attention` runs on CPU up to
+                   `ROWS_MAX_BLOCKS` blocks: per (row, head) slice, query block i against
+                   keys 0..(i+1)*128 in one dot and one plain softmax (schedule unrolled),
+                   compiled with `xla_cpu.options()` (YNNPACK for reductions only).
+  trajax/b256      the same with 256-query blocks.
   trajax xla-default / ynn-off   the same kernel with XLA's default CPU options / with
                    YNNPACK off entirely.
+  flash            `layers.causal_flash` (online softmax; what runs beyond ROWS_MAX_BLOCKS):
+                   tiles of [rows x heads, 128, 128] with rows x heads ~ 24, block-major
+                   K/V, causal compare on diagonal tiles only.
+  flash rows=1     the same with one batch row per tile ([heads, 128, 128]).
+  flash/b64, /b256 the same with 64- or 256-token tiles.
   old/b256, old/b128   the previous kernel: the whole batch in each tile, every tile masked.
   bthd-layout      no block-major copy: tiles sliced from [length, heads, dim] per row.
-  rows/b128        no online softmax: each query block against all its keys in one dot
-                   (scores [heads, 128, up to length]) and one softmax.
+  rows/b128        the first version of `causal_rows` (masks built per slice from the
+                   segment ids repeated per head), kept as the reference it grew from.
   static/b256      the tile schedule unrolled in Python (static slices, no loops).
   xla-sdpa causal  `jax.nn.dot_product_attention(is_causal=True, implementation="xla")`.
   xla-sdpa mask    the same with the boolean segment mask instead of is_causal.
@@ -215,7 +219,7 @@ def variants():
 
   def low_precision(q, k, v, seg):
     with jax.default_matmul_precision("bfloat16"):
-      return layers.causal_flash(q, k, v, seg, 128)
+      return layers.causal_rows(q, k, v, seg, 128)
 
   flash = lambda blk: (lambda q, k, v, s: layers.causal_flash(q, k, v, s, blk))
 
@@ -227,15 +231,18 @@ def variants():
     finally:
       flash_module.FLASH_TILE_SLICES = saved
 
+  shipped = lambda blk: (lambda q, k, v, s: layers.causal_rows(q, k, v, s, blk))
   return {
-      "trajax": (flash(128), "trajax", jnp.float32),
-      "trajax/b64": (flash(64), "trajax", jnp.float32),
-      "trajax/b256": (flash(256), "trajax", jnp.float32),
-      "trajax xla-default": (flash(128), "default", jnp.float32),
-      "trajax ynn-off": (flash(128), "ynn-off", jnp.float32),
+      "trajax": (shipped(128), "trajax", jnp.float32),
+      "trajax/b256": (shipped(256), "trajax", jnp.float32),
+      "flash": (flash(128), "trajax", jnp.float32),
+      "flash/b64": (flash(64), "trajax", jnp.float32),
+      "flash/b256": (flash(256), "trajax", jnp.float32),
+      "trajax xla-default": (shipped(128), "default", jnp.float32),
+      "trajax ynn-off": (shipped(128), "ynn-off", jnp.float32),
       "old/b256": (functools.partial(old_flash, block=256), "default", jnp.float32),
       "old/b128": (functools.partial(old_flash, block=128), "trajax", jnp.float32),
-      "trajax rows=1": (one_row_tiles, "trajax", jnp.float32),
+      "flash rows=1": (one_row_tiles, "trajax", jnp.float32),
       "bthd-layout": (functools.partial(merged_flash, block=128,
                                         layout="bthd"), "trajax", jnp.float32),
       "rows/b128": (functools.partial(rows_attention, block=128), "trajax", jnp.float32),
@@ -243,7 +250,7 @@ def variants():
       "xla-sdpa causal": (functools.partial(sdpa, causal=True), "default", jnp.float32),
       "xla-sdpa mask": (functools.partial(sdpa, causal=False), "default", jnp.float32),
       "precision=bf16": (low_precision, "trajax", jnp.float32),
-      "bf16 inputs": (flash(128), "trajax", jnp.bfloat16),
+      "bf16 inputs": (shipped(128), "trajax", jnp.bfloat16),
   }
 
 

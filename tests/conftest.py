@@ -30,13 +30,29 @@ for _name in ("TRAJAX_FAULT", "TRAJAX_FAULT_TRACE"):
 # starts as a subprocess (they inherit the environment): a fault test runs the same stage
 # once clean and once per kill point, and each run would otherwise compile the same programs
 # again. Fresh per session (no state carried between runs of the suite) and removed at its
-# end; a cached executable is the same program, so no result depends on it. A directory set
-# by the caller is used as is.
+# end (by the process that made it: xdist workers inherit it); a cached executable is the
+# same program, so no result depends on it. An entry read while another process writes it
+# fails to decompress and JAX compiles instead (a warning). A directory set by the caller
+# is used as is.
 _JAX_CACHE_OWNED = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _JAX_CACHE_OWNED:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="trajax-test-jax-cache-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_collection_modifyitems(config, items):
+  """Groups for `pytest -n 2 --dist loadgroup` (make test): one worker per group.
+
+  Every test that reads the session's tiny study is in one group, so one worker
+  trains it; every other test goes with its module, so a module's fixtures are
+  built once. Without xdist the markers do nothing.
+  """
+  del config
+  for item in items:
+    uses_study = {"tiny_study", "toy_study"} & set(getattr(item, "fixturenames", ()))
+    group = "tiny_study" if uses_study else item.nodeid.split("::")[0]
+    item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -116,3 +116,27 @@ def test_bfloat16_close_to_float32(tiny_ckpt):
   top32 = np.asarray(f32(ids)).argmax(-1)
   top16 = np.asarray(bf16(ids)).argmax(-1)
   assert (top32 == top16).mean() > 0.9
+
+
+def test_long_rows_through_the_cpu_kernels_match_torch(tiny_ckpt):
+  """Rows longer than one attention block (CPU: `causal_rows`, and `causal_flash` past
+  `ROWS_MAX_BLOCKS` blocks) with padding on either side, against torch."""
+  from trajax.models import flash
+  path, ref = tiny_ckpt(max_position_embeddings=400)
+  model = trajax.load_hf(path)
+  rng = np.random.RandomState(3)
+  ids = rng.randint(3, ref.config.vocab_size, size=(3, 300))
+  mask = np.ones(ids.shape, bool)
+  mask[1, 211:] = False  # right padding across a block boundary
+  mask[2, :140] = False  # left padding past the first block
+  want = torch_logprobs(ref, ids, mask)
+  got = trajax.token_logprobs(model, ids, mask)
+  np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+  saved = flash.ROWS_MAX_BLOCKS
+  flash.ROWS_MAX_BLOCKS = 1  # read when a shape is traced: a new length, the flash kernel
+  try:
+    got_flash = trajax.token_logprobs(model, ids[:, :290], mask[:, :290])
+  finally:
+    flash.ROWS_MAX_BLOCKS = saved
+  np.testing.assert_allclose(got_flash, want[:, :290], atol=1e-4, rtol=0)

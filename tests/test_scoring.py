@@ -69,9 +69,10 @@ def test_score_blocks_pads_last_batch(tiny_ckpt):
   np.testing.assert_allclose(scorer.score_blocks(ids, batch_size=2), scorer(ids), atol=1e-6)
 
 
+@pytest.mark.parametrize("kernel", ["causal_flash", "causal_rows"])
 @pytest.mark.parametrize("block,heads", [(8, 2), (16, 2), (64, 2), (16, 7)])
-def test_causal_flash_equals_full_attention(block, heads):
-  """7 heads: tiles of 3 batch rows (`FLASH_TILE_SLICES` 24), so 4 rows pad to 6."""
+def test_causal_kernels_equal_full_attention(block, heads, kernel):
+  """7 heads: flash tiles of 3 batch rows (`FLASH_TILE_SLICES` 24), so 4 rows pad to 6."""
   from trajax.models import layers
   rng = np.random.RandomState(1)
   q, k, v = (jnp.asarray(rng.randn(4, 45, heads, 8).astype(np.float32)) for _ in range(3))
@@ -82,11 +83,29 @@ def test_causal_flash_equals_full_attention(block, heads):
   slots = np.arange(45)
   mask = layers.causal_mask(slots, slots, valid)
   whole = np.asarray(jax.nn.dot_product_attention(q, k, v, mask=mask, scale=1.0))
-  flash = np.asarray(layers.causal_flash(q, k, v, jnp.asarray(valid), block))
+  flash = np.asarray(getattr(layers, kernel)(q, k, v, jnp.asarray(valid), block))
   real = np.broadcast_to(valid[:, :, None, None], whole.shape)  # queries with a visible key
   real = real & (np.cumsum(valid, 1) > 0)[:, :, None, None]
   np.testing.assert_allclose(flash[real], whole[real], atol=1e-5)
   assert np.isfinite(flash).all()
+
+
+@pytest.mark.parametrize("kernel", ["causal_flash", "causal_rows"])
+def test_causal_kernels_keep_packed_segments_apart(kernel):
+  """Three packed segments and right padding per row, against the dense segment mask."""
+  from trajax.models import layers
+  rng = np.random.RandomState(2)
+  q, k, v = (jnp.asarray(rng.randn(3, 50, 2, 8).astype(np.float32)) for _ in range(3))
+  seg = np.zeros((3, 50), np.int32)
+  for row, cuts in enumerate([(11, 30, 44), (5, 6, 50), (20, 21, 37)]):
+    seg[row, :cuts[0]], seg[row, cuts[0]:cuts[1]], seg[row, cuts[1]:cuts[2]] = 1, 2, 3
+  seg = jnp.asarray(seg)
+  whole = np.asarray(jax.nn.dot_product_attention(q, k, v, mask=layers.segment_mask(seg),
+                                                  scale=1.0))
+  got = np.asarray(getattr(layers, kernel)(q, k, v, seg, 16))
+  real = np.broadcast_to(np.asarray(seg > 0)[:, :, None, None], whole.shape)
+  np.testing.assert_allclose(got[real], whole[real], atol=1e-5)
+  assert np.isfinite(got).all()
 
 
 def test_blockwise_attention_is_exact():

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from trajax.models import stacked_cache
-from trajax.models.flash import ATTENTION_QUERY_BLOCK, causal_flash, single_query  # noqa: F401
+from trajax.models import flash
+from trajax.models.flash import ATTENTION_QUERY_BLOCK, causal_flash, causal_rows, single_query  # noqa: F401
 
 LAYERS = "layers"
 
@@ -314,10 +315,10 @@ def attention(q_bthd, k_bshd, v_bshd, mask_b1ts, implementation: str | None = No
   `implementation=None` on CPU with one query (a decoding step): `single_query`.
   `implementation=None` on CPU with sequences longer than `query_block`:
     * `causal_segments_bt` given (no cache: query t is key slot t and the mask
-      is `segment_mask(causal_segments_bt)`): flash attention in blocks with
-      an online softmax, visiting only key blocks at or before each query
-      block. About half the work of full attention and O(block^2) score
-      memory (`causal_flash`).
+      is `segment_mask(causal_segments_bt)`): each query block against the keys
+      at or before it, about half the work of full attention: in one dot per
+      block up to `ROWS_MAX_BLOCKS` blocks (`causal_rows`), else flash attention
+      with an online softmax and O(block^2) score memory (`causal_flash`).
     * otherwise: blocks of `query_block` queries, each against every key.
   `"cudnn"` or `"xla"` go to `jax.nn.dot_product_attention` with the mask; without
   a cache (`causal_segments_bt` given) also with `is_causal=True`, which changes
@@ -338,7 +339,8 @@ def attention(q_bthd, k_bshd, v_bshd, mask_b1ts, implementation: str | None = No
                                         is_causal=causal_segments_bt is not None,
                                         implementation=implementation)
   if causal_segments_bt is not None:
-    return causal_flash(q_bthd, k_bshd, v_bshd, causal_segments_bt, query_block)
+    kernel = causal_rows if -(-t // query_block) <= flash.ROWS_MAX_BLOCKS else causal_flash
+    return kernel(q_bthd, k_bshd, v_bshd, causal_segments_bt, query_block)
   pad = -t % query_block
   n = (t + pad) // query_block
   q = jnp.pad(q_bthd, ((0, 0), (0, pad), (0, 0), (0, 0)))
