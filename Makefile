@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# pytest-xdist workers of `make test` (tests/conftest.py groups what must share a worker).
+# pytest-xdist workers of `make test`; each test file runs on one worker (its module fixtures
+# are built once, its tests run in file order).
 TEST_WORKERS ?= 2
 # Everything yapf formats (style in .style.yapf: Google style, 2-space indentation).
 FORMATTED := trajax tests launch configs bench setup.py
@@ -41,7 +42,7 @@ chromium:
 	  fi; }
 
 test: check-format chromium
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=25 tests
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25 tests
 
 clean:
 	rm -rf $(VENV) demo_out

@@ -41,20 +41,6 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
-def pytest_collection_modifyitems(config, items):
-  """Groups for `pytest -n 2 --dist loadgroup` (make test): one worker per group.
-
-  Every test that reads the session's tiny study is in one group, so one worker
-  trains it; every other test goes with its module, so a module's fixtures are
-  built once. Without xdist the markers do nothing.
-  """
-  del config
-  for item in items:
-    uses_study = {"tiny_study", "toy_study"} & set(getattr(item, "fixturenames", ()))
-    group = "tiny_study" if uses_study else item.nodeid.split("::")[0]
-    item.add_marker(pytest.mark.xdist_group(group))
-
-
 def pytest_sessionfinish(session, exitstatus):
   del session, exitstatus
   if _JAX_CACHE_OWNED:
@@ -218,17 +204,29 @@ def study_cmd(workdir) -> list[str]:
 def tiny_study(tmp_path_factory):
   """The tiny toy study, run once per session by `launch/study.py`, its fault points traced.
 
-  Shared by tests/test_study.py and the study's kill test (its clean reference):
-  one training of the toy family serves both. Tests only read it (copy it to
-  rerun it).
+  Shared by tests/test_study.py, tests/test_report.py and the study's kill test (its
+  clean reference): one training of the toy family serves all. Tests only read it
+  (copy it to rerun it). Under pytest-xdist the workers share one run: the first to
+  take the lock runs it, the others wait on the lock (no clock) and read it.
 
   Returns:
     (workdir, the names of the `trajax.faults` points the run passed, in order).
   """
+  import fcntl  # pylint: disable=import-outside-toplevel
   import killpoints  # pylint: disable=import-outside-toplevel
-  root = tmp_path_factory.mktemp("tiny_study")
-  workdir = root / "study"
-  return workdir, killpoints.traced_run(study_cmd(workdir), root / "trace.txt")
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    base = base.parent  # the session's directory, above every worker's own
+  root = base / "tiny_study"
+  workdir, trace, done = root / "study", root / "trace.txt", root / "DONE"
+  with open(base / "tiny_study.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      shutil.rmtree(root, ignore_errors=True)  # a worker that failed midway left a partial run
+      root.mkdir()
+      points = killpoints.traced_run(study_cmd(workdir), trace)
+      done.write_text(json.dumps(points))
+  return workdir, json.loads(done.read_text())
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ failed=0
 for i in $(seq 1 "$n"); do
   start=$SECONDS
   if XLA_FLAGS=--xla_force_host_platform_device_count=8 "$py" -m pytest -q -p no:cacheprovider \
-      -n "$workers" --dist loadgroup tests/faults > "$logs/run-$i.log" 2>&1; then
+      -n "$workers" --dist loadfile tests/faults > "$logs/run-$i.log" 2>&1; then
     echo "run $i: passed in $((SECONDS - start)) s ($(tail -n 1 "$logs/run-$i.log"))"
   else
     failed=$((failed + 1))
