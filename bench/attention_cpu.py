@@ -25,8 +25,6 @@ Variants (all exact in float32 unless the name says bf16):
   flash/b64, /b256 the same with 64- or 256-token tiles.
   old/b256, old/b128   the previous kernel: the whole batch in each tile, every tile masked.
   bthd-layout      no block-major copy: tiles sliced from [length, heads, dim] per row.
-  rows/b128        the first version of `causal_rows` (masks built per slice from the
-                   segment ids repeated per head), kept as the reference it grew from.
   static/b256      the tile schedule unrolled in Python (static slices, no loops).
   xla-sdpa causal  `jax.nn.dot_product_attention(is_causal=True, implementation="xla")`.
   xla-sdpa mask    the same with the boolean segment mask instead of is_causal.
@@ -155,32 +153,6 @@ def merged_flash(q_bthd, k_bthd, v_bthd, seg_bt, block, layout="merged"):
   return out.reshape(n, b, h, block, d).transpose(1, 0, 3, 2, 4).reshape(b, t, h, d)
 
 
-def rows_attention(q_bthd, k_bthd, v_bthd, seg_bt, block):
-  """Per (row, head): each query block against all its keys at once, one plain softmax."""
-  import jax
-  import jax.numpy as jnp
-  b, t, h, d = q_bthd.shape
-  to_g = lambda x: x.transpose(0, 2, 1, 3).reshape(b * h, t, d)
-  seg_g = jnp.repeat(seg_bt, h, axis=0)
-
-  def one(args):
-    q, k, v, sg = args
-    outs = []
-    for i in range(t // block):
-      end = (i + 1) * block
-      vis = jnp.arange(end)[None, :] <= jnp.arange(i * block, end)[:, None]
-      vis = vis & (sg[i * block:end, None] == sg[None, :end]) & (sg[None, :end] > 0)
-      s = jnp.where(vis, q[i * block:end] @ k[:end].T, -jnp.inf)
-      m = s.max(-1, keepdims=True)
-      p = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))
-      l = p.sum(-1, keepdims=True)
-      outs.append((p @ v[:end]) / jnp.where(l > 0, l, 1.0))
-    return jnp.concatenate(outs)
-
-  out = jax.lax.map(one, (to_g(q_bthd), to_g(k_bthd), to_g(v_bthd), seg_g))
-  return out.reshape(b, h, t, d).transpose(0, 2, 1, 3)
-
-
 def static_schedule(q_bthd, k_bthd, v_bthd, seg_bt, block):
   """The causal tile schedule unrolled in Python: static slices, no loop."""
   import jax.numpy as jnp
@@ -245,7 +217,6 @@ def variants():
       "flash rows=1": (one_row_tiles, "trajax", jnp.float32),
       "bthd-layout": (functools.partial(merged_flash, block=128,
                                         layout="bthd"), "trajax", jnp.float32),
-      "rows/b128": (functools.partial(rows_attention, block=128), "trajax", jnp.float32),
       "static/b256": (functools.partial(static_schedule, block=256), "trajax", jnp.float32),
       "xla-sdpa causal": (functools.partial(sdpa, causal=True), "default", jnp.float32),
       "xla-sdpa mask": (functools.partial(sdpa, causal=False), "default", jnp.float32),
