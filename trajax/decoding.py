@@ -152,6 +152,8 @@ def _generate_fn(graphdef_s, state_s, graphdef_l, state_l, prompts_bt, prompt_ma
     return logits, new_caches
 
   caches = [m.init_cache(b, max_len) if m is not None else None for m in models]
+  if jax.default_backend() == "cpu":  # one array per layer, each updated in place
+    caches = [stacked_cache.split_layers(c) if c is not None else None for c in caches]
   heads = [scoring.prepare_head(m.head_matrix()) if m is not None else None for m in models]
   # On a CPU the layer weights are sliced once here, outside the loop (`stacked_cache`).
   hoisted = {}

@@ -7,9 +7,13 @@ loop-invariant slices out of a `while` loop. A decoding step of `lax.scan` over 
 thus copied every layer's weights and caches, which took about 2/3 of a step at batch 32
 (docs/PERFORMANCE.md). On a CPU `layers.scan_layers` therefore runs `unrolled`:
   * the layers as a Python loop (static indices);
-  * each layer's cache as a `StackedLayerCache` view: `layers.write_cache` writes the new
-    keys/values into the whole stack in place and attention reads the layer's static slice,
-    which XLA fuses into the attention's reductions (`flash.single_query`) uncopied;
+  * the cache a decoding loop carries as one array per layer (`split_layers`): each layer's
+    keys/values are written into its own array in place and attention reads that array
+    as it is. A stacked [layers, ...] cache carried through the loop (written in place
+    into the stack, read as a layer's static slice: `StackedLayerCache`, still what a
+    single call on a stacked cache uses) cost XLA four copies of the whole stack and one of
+    every layer's slice per step: about 30% of a batch-32 step (bench/decode_bench.py,
+    docs/PERFORMANCE.md);
   * the weight slices taken once per stacked module inside `hoisted_slices(table, ...)`:
     `decoding` records them during the prefill, outside its `while_loop`, and the loop body
     reuses them, so they are loop invariants instead of per-step copies (one copy of the
@@ -80,12 +84,30 @@ def layer_states(state, n: int):
   return states
 
 
+def split_layers(kv_cache):
+  """The cache as one [batch, slots, heads, dim] array per layer (a tuple of keys, one of values).
+
+  What a decoding loop should carry on a CPU: `unrolled` then updates each layer's array in
+  place and attention reads it as it is.
+  """
+  return type(kv_cache)(*(tuple(x[i] for i in range(x.shape[0])) for x in kv_cache))
+
+
 def unrolled(graphdef, state, x, kv_cache, call, per_layer):
   """`layers.scan_layers` with a cache, as a Python loop over layers (see the module doc).
 
-  Returns (output of the last layer, the updated (k_lbshd, v_lbshd)).
+  Returns (output of the last layer, the updated (k_lbshd, v_lbshd)): arrays, or tuples of
+  per-layer arrays as given.
   """
   k_lbshd, v_lbshd = kv_cache
+  if isinstance(k_lbshd, tuple):  # one array per layer (`split_layers`): each updated in place
+    ks, vs = [], []
+    for i, state_i in enumerate(layer_states(state, len(k_lbshd))):
+      extra_i = None if per_layer is None else jax.tree.map(lambda a, i=i: a[i], per_layer)
+      x, (k_bshd, v_bshd) = call(nnx.merge(graphdef, state_i), x, extra_i, (k_lbshd[i], v_lbshd[i]))
+      ks.append(k_bshd)
+      vs.append(v_bshd)
+    return x, (tuple(ks), tuple(vs))
   n = k_lbshd.shape[0]
   for i, state_i in enumerate(layer_states(state, n)):
     extra_i = None if per_layer is None else jax.tree.map(lambda a, i=i: a[i], per_layer)
