@@ -2,6 +2,7 @@
 import functools
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -278,3 +279,55 @@ def test_protocol_corrupted_rows_and_figures(pair, tmp_path):
   png, csv = generation_figures.plot_corrupted(tmp_path / "fig5.png", rows,
                                                {"small": 1e3, "large": 2e3})
   assert os.path.getsize(png) > 0 and len(open(csv).read().splitlines()) == 1 + 6
+
+
+def _while_bodies(hlo_text):
+  """{name: text} of every computation a `while` in `hlo_text` runs as its body."""
+  bodies = set(re.findall(r"\bwhile\(.*?body=%?([\w.\-]+)", hlo_text))
+  comps = {}
+  for block in re.split(r"\n(?=\S)", hlo_text):
+    m = re.match(r"%?([\w.\-]+) ", block)
+    if m and m.group(1) in bodies:
+      comps[m.group(1)] = block
+  return comps
+
+
+def test_cpu_decoding_loop_keeps_each_layer_cache_in_place(pair, monkeypatch):
+  """On a CPU the loop carries one cache array per layer: no step copies the layer stack.
+
+  A stacked [layers, batch, slots, heads, dim] cache carried through the loop made XLA copy
+  the whole stack four times per step (docs/PERFORMANCE.md, two-model decoding).
+  """
+  if jax.default_backend() != "cpu":
+    pytest.skip("the per-layer cache is the CPU layout; accelerators carry the stack")
+  small, large, *_ = pair()
+  ids, mask = _prompts(ragged=True)
+  calls = []
+  real = decoding._generate  # pylint: disable=protected-access
+
+  def record(*args, **kwargs):
+    calls.append((args, kwargs))
+    return real(*args, **kwargs)
+
+  record.active = real.active
+  monkeypatch.setattr(decoding, "_generate", record)
+  want = decoding.generate(small, large, ids, mask, max_new_tokens=N_NEW, lambdas="ps-pl")
+  (args, kwargs), = calls
+  text = real.active().lower(*args, **kwargs).compile().as_text()
+  bodies = _while_bodies(text)
+  assert bodies, "no while loop in the compiled decoding function"
+  slots = ids.shape[1] + N_NEW - 1
+  for model in (small, large):
+    layers_n, heads, head_dim = model.cache_dims()
+    stack = rf"\[{layers_n},{ids.shape[0]},{slots},{heads},{head_dim}\]"
+    one = rf"\[{ids.shape[0]},{slots},{heads},{head_dim}\]"
+    for name, body in bodies.items():
+      assert not re.search(r"= \w+" + stack, body), f"{name} holds a stacked cache"
+    # Each layer's cache is updated in place in the loop: one update per layer, keys and values.
+    updates = sum(
+        len(re.findall(r"= \w+" + one + r"\{[^}]*\} (?:dynamic-update-slice|fusion)\(", body))
+        for body in bodies.values())
+    assert updates >= 2 * layers_n, (model.config, updates)
+  # And the loop still decodes what it did.
+  again = decoding.generate(small, large, ids, mask, max_new_tokens=N_NEW, lambdas="ps-pl")
+  np.testing.assert_array_equal(again.tokens_bn, want.tokens_bn)
