@@ -21,7 +21,11 @@ LAYERS = "layers"
 
 
 class KVCache(NamedTuple):
-  """Keys and values of every layer, [layers, batch, max_len, heads, head_dim]."""
+  """Keys and values of every layer, [layers, batch, max_len, heads, head_dim].
+
+  A CPU decoding loop carries it as tuples of per-layer [batch, max_len, heads, head_dim]
+  arrays instead (`stacked_cache.split_layers`), which `scan_layers` updates in place.
+  """
   k_lbshd: jax.Array
   v_lbshd: jax.Array
 
