@@ -25,7 +25,6 @@ The pack kernel is the engine's own `Scorer` on packed rows (`trajax.packing`).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from typing import Sequence
 
@@ -38,13 +37,13 @@ from flax import nnx
 from trajax.analysis.icl import plan as plan_lib
 from trajax.analysis.icl.prompts import OptionRequest
 from trajax.analysis.icl.scoring import OptionScores, option_scores
+from trajax import xla_cpu
 from trajax.models import layers
 from trajax.scoring import Scorer, fused_head_logprobs
 
 
-@functools.partial(jax.jit, static_argnums=(0, 7))
-def _reuse_logprobs(graphdef, state, prefix_ec, prefix_mask_ec, example_r, block_rs, targets_rs,
-                    chunk_tokens, block_mask_rs):
+def _reuse_logprobs_fn(graphdef, state, prefix_ec, prefix_mask_ec, example_r, block_rs, targets_rs,
+                       chunk_tokens, block_mask_rs):
   """log p(targets_rs | prefix of example_r, block_rs[:, :<=s]) [R, S] float32, NaN off-mask."""
   model = nnx.merge(graphdef, state)
   e, c = prefix_ec.shape
@@ -64,9 +63,14 @@ def _reuse_logprobs(graphdef, state, prefix_ec, prefix_mask_ec, example_r, block
   return jnp.where(block_mask_rs, lp, jnp.nan)
 
 
+# Compiled with `xla_cpu.options()` on a CPU, as the scoring kernel: 1.04-1.09x faster than
+# XLA's default options on the OPT-125m shape (docs/PERFORMANCE.md, ICL option scoring).
+_reuse_logprobs = xla_cpu.jit(_reuse_logprobs_fn, static_argnums=(0, 7))
+
+
 def compilations() -> int:
   """Reuse-kernel compilations so far in this process (one per call shape)."""
-  return _reuse_logprobs._cache_size()  # pylint: disable=protected-access
+  return _reuse_logprobs.active()._cache_size()  # pylint: disable=protected-access
 
 
 class OptionScorer:
