@@ -100,17 +100,15 @@ def unrolled(graphdef, state, x, kv_cache, call, per_layer):
   per-layer arrays as given.
   """
   k_lbshd, v_lbshd = kv_cache
-  if isinstance(k_lbshd, tuple):  # one array per layer (`split_layers`): each updated in place
-    ks, vs = [], []
-    for i, state_i in enumerate(layer_states(state, len(k_lbshd))):
-      extra_i = None if per_layer is None else jax.tree.map(lambda a, i=i: a[i], per_layer)
-      x, (k_bshd, v_bshd) = call(nnx.merge(graphdef, state_i), x, extra_i, (k_lbshd[i], v_lbshd[i]))
-      ks.append(k_bshd)
-      vs.append(v_bshd)
-    return x, (tuple(ks), tuple(vs))
-  n = k_lbshd.shape[0]
-  for i, state_i in enumerate(layer_states(state, n)):
+  split = isinstance(k_lbshd, tuple)  # one array per layer (`split_layers`)
+  if split:
+    k_lbshd, v_lbshd = list(k_lbshd), list(v_lbshd)
+  for i, state_i in enumerate(layer_states(state, len(k_lbshd))):
     extra_i = None if per_layer is None else jax.tree.map(lambda a, i=i: a[i], per_layer)
-    x, view = call(nnx.merge(graphdef, state_i), x, extra_i, StackedLayerCache(k_lbshd, v_lbshd, i))
-    k_lbshd, v_lbshd = view.k_lbshd, view.v_lbshd
-  return x, (k_lbshd, v_lbshd)
+    kv = (k_lbshd[i], v_lbshd[i]) if split else StackedLayerCache(k_lbshd, v_lbshd, i)
+    x, kv = call(nnx.merge(graphdef, state_i), x, extra_i, kv)
+    if split:  # this layer's arrays, updated in place
+      k_lbshd[i], v_lbshd[i] = kv
+    else:
+      k_lbshd, v_lbshd = kv.k_lbshd, kv.v_lbshd
+  return x, ((tuple(k_lbshd), tuple(v_lbshd)) if split else (k_lbshd, v_lbshd))

@@ -34,10 +34,10 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from trajax import xla_cpu
 from trajax.analysis.icl import plan as plan_lib
 from trajax.analysis.icl.prompts import OptionRequest
 from trajax.analysis.icl.scoring import OptionScores, option_scores
-from trajax import xla_cpu
 from trajax.models import layers
 from trajax.scoring import Scorer, fused_head_logprobs
 
@@ -63,8 +63,8 @@ def _reuse_logprobs_fn(graphdef, state, prefix_ec, prefix_mask_ec, example_r, bl
   return jnp.where(block_mask_rs, lp, jnp.nan)
 
 
-# Compiled with `xla_cpu.options()` on a CPU, as the scoring kernel: 1.04-1.09x faster than
-# XLA's default options on the OPT-125m shape (docs/PERFORMANCE.md, ICL option scoring).
+# Compiled with `xla_cpu.options()` on a CPU, as the scoring kernel: 1.00-1.09x faster per call
+# than XLA's default options on the OPT-125m shape (docs/PERFORMANCE.md, ICL option scoring).
 _reuse_logprobs = xla_cpu.jit(_reuse_logprobs_fn, static_argnums=(0, 7))
 
 
