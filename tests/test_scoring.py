@@ -108,6 +108,42 @@ def test_causal_kernels_keep_packed_segments_apart(kernel):
   assert np.isfinite(got).all()
 
 
+@pytest.mark.parametrize("kernel", ["causal_flash", "causal_rows", "segment_mask"])
+def test_prefix_trees_see_their_prompt_and_themselves(kernel):
+  """ICL prefix trees: a branch sees its tree's prompt and itself, never a sibling, another
+  tree or a plain segment; the mask is written here from (group, branch) per slot."""
+  from trajax.models import flash, layers
+  b_ids = flash.PREFIX_TREE_BRANCHES
+  # Row 0: tree 1 = prompt [0, 10), branches [10, 14) [14, 20); tree 2 = prompt [20, 30),
+  # branch [30, 33); padding. Row 1: plain segment 1 [0, 12); tree 2 = prompt [12, 25),
+  # branches [25, 31) [31, 40) [40, 48); padding.
+  layout = [[(1, 1, 0, 0, 10), (1, 1, 1, 10, 14), (1, 1, 2, 14, 20), (2, 2, 0, 20, 30),
+             (2, 2, 1, 30, 33)],
+            [(1, 3, None, 0, 12), (2, 4, 0, 12, 25), (2, 4, 1, 25, 31), (2, 4, 2, 31, 40),
+             (2, 4, 3, 40, 48)]]
+  seg = np.zeros((2, 50), np.int32)
+  group, branch = np.zeros((2, 50), int), np.zeros((2, 50), int)
+  for row, spans in enumerate(layout):
+    for tree, g, br, start, end in spans:
+      seg[row, start:end] = tree if br is None else tree * b_ids + br
+      group[row, start:end], branch[row, start:end] = g, br or 0
+  want = np.zeros((2, 1, 50, 50), bool)
+  for row in range(2):
+    for q in range(50):
+      for k in range(q + 1):
+        want[row, 0, q, k] = (group[row, k] > 0 and group[row, k] == group[row, q] and
+                              branch[row, k] in (0, branch[row, q]))
+  np.testing.assert_array_equal(np.asarray(layers.segment_mask(jnp.asarray(seg))), want)
+  if kernel == "segment_mask":
+    return
+  rng = np.random.RandomState(3)
+  q, k, v = (jnp.asarray(rng.randn(2, 50, 2, 8).astype(np.float32)) for _ in range(3))
+  whole = np.asarray(jax.nn.dot_product_attention(q, k, v, mask=jnp.asarray(want), scale=1.0))
+  got = np.asarray(getattr(layers, kernel)(q, k, v, jnp.asarray(seg), 16))
+  real = np.broadcast_to((seg > 0)[:, :, None, None], whole.shape)
+  np.testing.assert_allclose(got[real], whole[real], atol=1e-5)
+
+
 def test_blockwise_attention_is_exact():
   from trajax.models import layers
   rng = np.random.RandomState(0)

@@ -8,6 +8,18 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+# Prefix trees (ICL options sharing their prompt, `trajax.analysis.icl.plan`): segment id
+# tree * PREFIX_TREE_BRANCHES + branch, branch 0 the tree's prompt, seen by every branch of the
+# tree. Ids below PREFIX_TREE_BRANCHES are plain packed segments, which see only themselves.
+PREFIX_TREE_BRANCHES = 1 << 12
+
+
+def segments_visible(seg_q, seg_k):
+  """Whether keys of segments `seg_k` are visible to queries of `seg_q` (broadcast), causality
+  aside: the same segment, or the prompt of the query's prefix tree; padding (0) never."""
+  return (seg_k > 0) & ((seg_q == seg_k) | (seg_k == seg_q - seg_q % PREFIX_TREE_BRANCHES))
+
+
 # Block size of CPU attention over long sequences: queries per block for the general
 # path, queries and keys per block for the causal flash path.
 ATTENTION_QUERY_BLOCK = 128
@@ -52,7 +64,8 @@ def causal_rows(q_bthd, k_bthd, v_bthd, segment_ids_bt, block: int = ATTENTION_Q
   Args:
     q_bthd, k_bthd, v_bthd: [batch, length, heads, head_dim]; q pre-scaled.
     segment_ids_bt: [batch, length] int; a query sees earlier keys of its own
-      segment; 0 marks padding (a bool mask works: True = segment 1).
+      segment and of its prefix tree's prompt (`segments_visible`); 0 marks padding
+      (a bool mask works: True = segment 1).
     block: queries per block.
   Returns:
     [batch, length, heads, head_dim] in q's dtype.
@@ -74,7 +87,7 @@ def causal_rows(q_bthd, k_bthd, v_bthd, segment_ids_bt, block: int = ATTENTION_Q
       start, end = i * block, (i + 1) * block
       seg_q, seg_k = seg_t[start:end], seg_t[:end]
       visible_qk = ((jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None]) &
-                    (seg_q[:, None] == seg_k[None, :]) & (seg_k > 0)[None, :])
+                    segments_visible(seg_q[:, None], seg_k[None, :]))
       s_qk = jnp.einsum("qd,kd->qk", q_td[start:end], k_td[:end],
                         preferred_element_type=jnp.float32)
       s_qk = jnp.where(visible_qk, s_qk, -jnp.inf)
@@ -111,7 +124,8 @@ def causal_flash(q_bthd, k_bthd, v_bthd, segment_ids_bt, block: int = ATTENTION_
   Args:
     q_bthd, k_bthd, v_bthd: [batch, length, heads, head_dim]; q pre-scaled.
     segment_ids_bt: [batch, length] int; a query sees earlier keys of its own
-      segment; 0 marks padding (a bool mask works: True = segment 1).
+      segment and of its prefix tree's prompt (`segments_visible`); 0 marks padding
+      (a bool mask works: True = segment 1).
     block: queries and keys per tile.
   Returns:
     [batch, length, heads, head_dim] in q's dtype.
@@ -142,7 +156,7 @@ def causal_flash(q_bthd, k_bthd, v_bthd, segment_ids_bt, block: int = ATTENTION_
         m_gq1, l_gq1, acc_gqd = carry
         s_gqk = jnp.einsum("gqd,gkd->gqk", q_gqd, k_ngkd[j], preferred_element_type=jnp.float32)
         seg_rk = seg_nrk[j]
-        visible_rqk = (seg_rq[:, :, None] == seg_rk[:, None, :]) & (seg_rk > 0)[:, None, :]
+        visible_rqk = segments_visible(seg_rq[:, :, None], seg_rk[:, None, :])
         if diagonal:
           visible_rqk = visible_rqk & causal_qk
         s_rhqk = jnp.where(visible_rqk[:, None], s_gqk.reshape(rows, h, block, block), -jnp.inf)

@@ -36,9 +36,17 @@ from trajax.models.gpt_neo_config import (  # noqa: F401  (re-exported: the fami
 KVCache = L.KVCache
 
 
-def window_mask(mask_b1ts, dist_ts, window):
-  """`mask_b1ts` restricted to keys at most `window - 1` slots before the query."""
-  return mask_b1ts & (dist_ts < window)[None, None]
+def window_mask(mask_b1ts, query_at_bt, key_at_bs, window):
+  """`mask_b1ts` restricted to keys at most `window - 1` before the query.
+
+  Distances are `query_at - key_at`: cache slots when decoding or reusing a cache
+  (left padding keeps them equal to position distances), positions without a cache
+  (packed rows and ICL prefix trees, where slots and positions differ; for the keys a
+  mask shows, slot and position distances agree in any padded or packed row).
+  [1, length] coordinates broadcast over the batch.
+  """
+  dist_bts = query_at_bt[:, :, None] - key_at_bs[:, None, :]
+  return mask_b1ts & (dist_bts < window)[:, None]
 
 
 class GPTNeoSelfAttention(nnx.Module):
@@ -123,19 +131,19 @@ class GPTNeoModel(nnx.Module):
     graphdef, state = nnx.split(self.h)
     return nnx.merge(graphdef, jax.tree.map(lambda x: x[i], state))
 
-  def __call__(self, tokens_bt, positions_bt, mask_b1ts, dist_ts, kv_cache: KVCache | None = None,
-               cache_index=None):
+  def __call__(self, tokens_bt, positions_bt, mask_b1ts, query_at_bt, key_at_bs,
+               kv_cache: KVCache | None = None, cache_index=None):
     """Hidden states [batch, length, hidden] (and the updated cache).
 
-    `mask_b1ts` is the causal + padding mask; `dist_ts` = query slot - key slot,
-    from which each layer's window is cut.
+    `mask_b1ts` is the causal + padding mask; each layer's window is cut from
+    `query_at - key_at` (see `window_mask`).
     """
     x = self.wte(tokens_bt)
     x = x + self.wpe(positions_bt).astype(x.dtype)
     windows_l = jnp.asarray(self.cfg.layer_windows())
 
     def call(layer, h, window, kv):
-      return layer(h, window_mask(mask_b1ts, dist_ts, window), kv, cache_index)
+      return layer(h, window_mask(mask_b1ts, query_at_bt, key_at_bs, window), kv, cache_index)
 
     x, kv_cache = L.scan_layers(self.h, x, kv_cache, call, windows_l)
     return self.ln_f(x), kv_cache
@@ -155,9 +163,8 @@ class GPTNeoForCausalLM(L.CausalLM):
 
   def layer_stack(self, tokens_bt, positions_bt, mask_b1ts, segment_ids_bt):
     """The transformer without a cache: hidden states [batch, length, hidden]."""
-    del segment_ids_bt  # in `mask_b1ts`; local layers also need query - key distances
-    slots = jnp.arange(tokens_bt.shape[1])
-    h, _ = self.transformer(tokens_bt, positions_bt, mask_b1ts, slots[:, None] - slots[None, :])
+    del segment_ids_bt  # in `mask_b1ts`; local layers cut their window by position
+    h, _ = self.transformer(tokens_bt, positions_bt, mask_b1ts, positions_bt, positions_bt)
     return h
 
   def head_matrix(self):
@@ -186,8 +193,8 @@ class GPTNeoForCausalLM(L.CausalLM):
     key_slots = jnp.arange(cache.k_lbshd.shape[2])
     query_slots = cache_index + jnp.arange(t)
     attn_mask = L.causal_mask(query_slots, key_slots, key_valid_bs)
-    return self.transformer(tokens_bt, positions_bt, attn_mask,
-                            query_slots[:, None] - key_slots[None, :], cache, cache_index)
+    return self.transformer(tokens_bt, positions_bt, attn_mask, query_slots[None], key_slots[None],
+                            cache, cache_index)
 
 
 def create(cfg: GPTNeoConfig, *, dtype=jnp.float32, seed: int | None = 0) -> GPTNeoForCausalLM:

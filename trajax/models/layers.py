@@ -291,15 +291,17 @@ def causal_mask(query_slot_t: jax.Array, key_slot_s: jax.Array, key_valid_bs: ja
 
 def segment_mask(segment_ids_bt: jax.Array):
   """Causal mask [batch, 1, T, T] of packed rows: a key is visible to a query at or
-  after it in the same segment. Segment 0 is padding (sees and is seen by nothing).
+  after it in the same segment, or in the prompt of the query's prefix tree
+  (`flash.segments_visible`). Segment 0 is padding (sees and is seen by nothing).
 
   An unpacked row is the special case segment_ids = mask (1 for real tokens),
   where this equals `causal_mask(slots, slots, mask)` for every real query.
   """
   t = segment_ids_bt.shape[1]
   slots = jnp.arange(t)
-  same = segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :]
-  visible = same & (slots[None, :] <= slots[:, None])[None] & (segment_ids_bt > 0)[:, None, :]
+  seg_bt = segment_ids_bt.astype(jnp.int32)
+  same = flash.segments_visible(seg_bt[:, :, None], seg_bt[:, None, :])
+  visible = same & (slots[None, :] <= slots[:, None])[None]
   return visible[:, None, :, :]
 
 
