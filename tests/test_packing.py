@@ -34,6 +34,15 @@ def test_pack_places_every_sequence_once():
     packing.pack([[1] * 30], row_len=24)
 
 
+def test_best_fit_hand_case():
+  # Longest first: 6 -> row 0 (2 left), 4 -> row 1 (4 left), 3 -> row 1 (1 left); the 1 goes
+  # to the row with the least room that holds it (row 1), where first fit would take row 0.
+  assert packing.best_fit([6, 4, 3, 1], 8) == ([(0, 0), (1, 0), (1, 4), (1, 7)], 2)
+  assert packing.best_fit([], 8) == ([], 0)
+  with pytest.raises(ValueError, match="item 1 has 9 tokens; packing needs 1..row_len=8"):
+    packing.best_fit([3, 9], 8)
+
+
 @pytest.mark.parametrize("family", sorted(BUILDERS))
 def test_packed_logprobs_equal_each_sequence_alone(tmp_path, family):
   ref = BUILDERS[family]()

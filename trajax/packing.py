@@ -10,6 +10,7 @@ every family).
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from typing import Sequence
 
@@ -73,3 +74,34 @@ def pack(sequences: Sequence[Sequence[int]], row_len: int, pad_id: int = 1,
 def unpack(values_bt: np.ndarray, packed: Packed) -> list[np.ndarray]:
   """Per-sequence slices of a [rows, row_len] array, in input order."""
   return [values_bt[r, s:s + n] for r, s, n in packed.placement]
+
+
+def best_fit(lengths: Sequence[int], row_len: int) -> tuple[list[tuple[int, int]], int]:
+  """Best-fit-decreasing placement of items of `lengths` tokens into rows of `row_len`.
+
+  Longest first, each item goes to the row with the least room that still holds it
+  (a new row if none does); ties go to the lower row. O(n log n) with a sorted list of
+  the rows' room, for the tens of thousands of prefix trees of a whole study.
+
+  Returns:
+    ((row, start) per item, in input order; the number of rows).
+  """
+  order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+  room: list[tuple[int, int]] = []  # (tokens left, row), sorted
+  used: list[int] = []
+  out = [(0, 0)] * len(lengths)
+  for i in order:
+    n = int(lengths[i])
+    if not 0 < n <= row_len:
+      raise ValueError(f"item {i} has {n} tokens; packing needs 1..row_len={row_len}")
+    j = bisect.bisect_left(room, (n, -1))
+    if j < len(room):
+      r = room.pop(j)[1]
+    else:
+      r = len(used)
+      used.append(0)
+    out[i] = (r, used[r])
+    used[r] += n
+    if used[r] < row_len:
+      bisect.insort(room, (row_len - used[r], r))
+  return out, len(used)
