@@ -2,14 +2,15 @@
 
   python bench/icl_bench.py                         # CPU, OPT-125m shape, float32
   python bench/icl_bench.py --shape=1.3b --dtype=bfloat16   # a GPU host
-  python bench/icl_bench.py --calibrate --max_examples=2 --repeats=1   # cost-model weights
+  python bench/icl_bench.py --calibrate --repeats=2       # cost-model weights
 
 Every side scores the same 2-shot requests of real BIG-bench tasks (prompts and
 tokens from `trajax.analysis.icl`, `--max_examples` per task, their real lengths)
 with the same random OPT weights (`save_pretrained` into a temp dir):
 
-* trajax: `engine.OptionScorer` with the plan it chooses (prefix reuse or packing
-  per example, batches sized by trajax). Cold = first pass, compilation included;
+* trajax: `engine.OptionScorer` with the plan it chooses (`--method=auto`: prefix
+  trees, prefix reuse or packing per example by the cost model, batches sized by
+  trajax; or one method for every example). Cold = first pass, compilation included;
   warm = later passes (what every further checkpoint of the architecture costs).
 * lm-eval: EleutherAI lm-evaluation-harness `HFLM.loglikelihood` on the (context,
   continuation) strings, batch `--hf_batch_size`, run by `bench/lmeval_side.py` in a
@@ -121,6 +122,8 @@ def main():
   p.add_argument("--hf_batch_size", type=int, default=16)
   p.add_argument("--lmeval_python", default="/work/venv-lmeval/bin/python",
                  help="python of a venv with lm-eval installed; '' = skip lm-eval")
+  p.add_argument("--method", default="auto", choices=("auto", "reuse", "tree", "pack"),
+                 help="trajax's OptionScorer method (auto: chosen per example by the cost model)")
   p.add_argument("--calibrate", action="store_true",
                  help="only measure the cost-model weights (engine.calibrate) and print them")
   args = p.parse_args()
@@ -161,7 +164,7 @@ def main():
   dtype = {"float32": None, "bfloat16": "bfloat16"}[args.dtype]
   import jax.numpy as jnp
   model = trajax.load_hf(ckpt, dtype=jnp.bfloat16) if dtype else trajax.load_hf(ckpt)
-  option_scorer = engine.OptionScorer(Scorer(model))
+  option_scorer = engine.OptionScorer(Scorer(model), args.method)
   if args.calibrate:  # measure, print and stop: the numbers go into plan.CALIBRATION
     w = engine.calibrate(option_scorer, reqs, repeats=max(args.repeats, 1))
     print(f"calibrated weights on {jax.default_backend()}: {w}", flush=True)
@@ -207,10 +210,11 @@ def main():
         f"{jax.devices()[0].platform}, torch {torch.__version__} on {device}" +
         (f", lm-eval {lm_info['lm_eval_version']} (torch {lm_info['torch_version']}, "
          f"{lm_info['threads']} threads)" if lm_info else ""))
-  print(f"trajax plan: {stats['reuse_calls']} reuse + {stats['pack_calls']} pack calls, "
-        f"{stats['shapes']} shapes; {stats['slots']} token slots computed for {row_tokens} row "
-        f"tokens; prefill {stats['prefill_real']}/{stats['prefill']} real, option rows "
-        f"{stats['option_real']}/{stats['option']}, packed {stats['pack_real']}/{stats['pack']}")
+  print(f"trajax plan ({args.method}): {stats['reuse_calls']} reuse + {stats['tree_calls']} tree "
+        f"+ {stats['pack_calls']} pack calls, {stats['shapes']} shapes; {stats['slots']} token "
+        f"slots computed for {row_tokens} row tokens; prefill {stats['prefill_real']}/"
+        f"{stats['prefill']} real, option rows {stats['option_real']}/{stats['option']}, tree "
+        f"rows {stats['tree_real']}/{stats['tree']}, packed {stats['pack_real']}/{stats['pack']}")
   if lm_info:
     same = np.array(lm_info["tokens_equal"])
     print(f"lm-eval tokenised {int(same.sum())}/{n} pairs exactly as trajax; max |Δ| there "

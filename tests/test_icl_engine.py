@@ -1,4 +1,7 @@
-"""Fast ICL option scoring (prefix reuse, packing, plans) equals one full row per option."""
+"""Fast ICL option scoring (prefix reuse, prefix trees, packing, plans) equals one full row per
+option."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -6,8 +9,10 @@ import trajax
 from conftest import OPT_TOKENIZER, SHARED_DATA, hf_opt, torch_logprobs
 from test_gpt_neo import hf_neo
 from test_gpt_neox import hf_neox
+from test_llama import hf_model
 from trajax import checkpoints, scoring
-from trajax.analysis.icl import bigbench, engine, plan, prompts
+from trajax.models import flash
+from trajax.analysis.icl import bigbench, engine, plan, prompts, trees
 from trajax.analysis.icl import scoring as icl_scoring
 
 pytest.importorskip("transformers")
@@ -22,6 +27,8 @@ BUILDERS = {
                                    window_size=6),
     "gpt_neox": lambda seed: hf_neox(seed, vocab_size=VOCAB, max_position_embeddings=MAX_LEN,
                                      rotary_pct=0.25),
+    "llama": lambda seed: hf_model("llama", seed, vocab_size=VOCAB, max_position_embeddings=MAX_LEN
+                                  ),
 }
 # (task, examples): prompts that fit; long options whose rows are cut by different amounts;
 # prompts far over the context (cut from the left, BOS kept); 118 options (more than a call's rows).
@@ -63,22 +70,33 @@ def test_requests_cover_the_hard_cases(requests):
 
 
 @pytest.mark.parametrize("family", sorted(BUILDERS))
-def test_reuse_and_pack_equal_full_rows_every_family(tmp_path, requests, family):
+def test_reuse_tree_and_pack_equal_full_rows_every_family(tmp_path, requests, family, monkeypatch):
   ref = BUILDERS[family](0)
   ref.save_pretrained(tmp_path)
   scorer = scoring.Scorer(trajax.load_hf(tmp_path))
   full = icl_scoring.score_options(requests, scorer, batch_size=8, max_length=MAX_LEN)
   torch_lp = _torch_option_logprobs(ref, requests)
   np.testing.assert_allclose(full.logprob, torch_lp, rtol=1e-4, atol=1e-4)
-  for method in ("reuse", "pack"):  # "auto" mixes the two (the study's default, test_icl_run)
+  # Trees over 256 tokens are cut: periodic_elements' 118 options become several trees.
+  monkeypatch.setattr(trees, "ROW_MAX", 256)
+  for method in ("reuse", "tree", "pack"):  # "auto" mixes them (the study's default, test_icl_run)
     # Small calls: several batches per bucket, examples cut over calls.
     option_scorer = engine.OptionScorer(scorer, method, batch_tokens=512)
     p = option_scorer.plan(requests)
     if method == "reuse":
-      assert not p.pack and max(len(b.groups) for b in p.reuse) > 1
+      assert not p.pack and not p.tree and max(len(b.groups) for b in p.reuse) > 1
       assert any(b.rows < 118 for b in p.reuse)  # periodic_elements cut over calls
+    if method == "tree":
+      assert not p.pack and not p.reuse and len(p.tree) > 1
+      assert max((b.segment_ids_bt // flash.PREFIX_TREE_BRANCHES).max() for b in p.tree) > 1
+      cut = [
+          g for b in p.tree for g in b.groups
+          if requests[g.requests[0]].task.startswith("periodic_elements")
+      ]
+      assert len(cut) > 1 and sum(len(g.requests) for g in cut) == 118
+      assert all(trees.tree_len(requests, g) <= 256 for g in cut)
     if method == "pack":
-      assert not p.reuse and max(len(set(b.placement)) for b in p.pack) > 1
+      assert not p.reuse and not p.tree and max(len(set(b.placement)) for b in p.pack) > 1
       assert any(len({r for _, r, _, _ in b.placement}) < len(b.placement) for b in p.pack)
     got = option_scorer.score(requests, plan=p)
     np.testing.assert_allclose(got.logprob, full.logprob, rtol=1e-5, atol=1e-5, err_msg=method)
@@ -107,6 +125,15 @@ def test_one_compilation_per_shape_none_per_task_or_checkpoint(tmp_path, request
   second = option_scorer.score(requests, plan=p)
   assert engine.compilations() - before == len(p.shapes())
   assert np.abs(second.logprob - first.logprob).max() > 1e-3  # other weights were used
+  # The tree kernel: one compilation per tree-call shape, none for the next checkpoint.
+  tree_scorer = engine.OptionScorer(scorer, "tree", batch_tokens=512)
+  tree_plan = tree_scorer.plan(requests)
+  before_tree = engine.compilations()
+  tree_scorer.score(requests, plan=tree_plan)
+  scorer.set_state(trajax.load_hf(paths[0]))
+  np.testing.assert_allclose(
+      tree_scorer.score(requests, plan=tree_plan).logprob, first.logprob, rtol=1e-5, atol=1e-5)
+  assert engine.compilations() - before_tree == len(tree_plan.shapes())
   # The pack path compiles once per packed-row shape, through the engine's Scorer.
   pack_plan = engine.OptionScorer(scorer, "pack", batch_tokens=512).plan(requests)
   before_pack = scoring._score.active()._cache_size()  # pylint: disable=protected-access
@@ -141,15 +168,55 @@ def test_prefix_groups_hand_cases():
   assert groups[1:] == [plan.Group((2, 3, 4), 1)]
 
 
-def test_cost_model_prefers_pack_for_short_prompts_and_uneven_options():
-  cost = plan.CostModel(body=1.0, head=0.0, attention=0.0, cache_slot=0.0,
-                        weights=plan.Weights(1.0, 0.0, 1.0))
-  # Reuse: prefill 16 slots + 3 rows x 64 slots = 208; pack: 3 + 4 + 50 + 3x16 prompt = 105.
+def test_cost_model_picks_the_cheapest_way_per_group():
+  # Tree calls measured 2x slower per FLOP than packed rows, half of whose slots are real.
+  cost = plan.CostModel(
+      body=1.0, head=0.0, attention=0.0, cache_slot=0.0,
+      weights=plan.Weights(reuse=1.0, cache=0.0, fill=1.0, tree=2.0, tree_fill=0.5))
+  # Reuse: prefill 16 slots + 3 rows x 64 slots = 208; pack: 3 + 4 + 50 + 3x16 prompt = 105;
+  # tree: 2 x (15 prompt + 3 + 4 + 50 blocks) / 0.5 = 288.
   assert cost.reuse(16, 64, 3) == 208 and cost.pack([19, 20, 66]) == 105
+  assert cost.tree([72], 57) == 288
   short = [_request(0, list(range(2, 18)) + list(range(20, 20 + n)), 16) for n in (3, 4, 50)]
   p = plan.make_plan(short, cost, "auto", batch_tokens=256)
-  assert not p.reuse and len(p.pack) == 1
-  # A long prompt with short options: reuse computes it once.
+  assert not p.reuse and not p.tree and len(p.pack) == 1
+  # A long prompt with short options: reuse computes it once (512 slots: 4 rows x 8 + 320
+  # prefill) where a tree costs 2 x 303 / 0.5 = 1212 and pack 1204.
   long_prompt = [_request(0, list(range(2, 302)) + [400 + n], 300) for n in range(4)]
   p = plan.make_plan(long_prompt, cost, "auto", batch_tokens=256)
-  assert not p.pack and p.reuse[0].groups == (plan.Group((0, 1, 2, 3), 299),)
+  assert not p.pack and not p.tree and p.reuse[0].groups == (plan.Group((0, 1, 2, 3), 299),)
+  # Trees as fast per FLOP as packed rows and as full: a tree (303 slots) beats both.
+  cost = dataclasses.replace(cost, weights=plan.Weights(1.0, 0.0, 1.0, tree=1.0, tree_fill=1.0))
+  p = plan.make_plan(long_prompt, cost, "auto", batch_tokens=256)
+  assert not p.pack and not p.reuse and p.tree[0].groups == (plan.Group((0, 1, 2, 3), 299),)
+
+
+def test_tree_rows_hand_case():
+  """Two examples as prefix trees in one row: tokens, positions, segment ids and head slots."""
+  from trajax.models.flash import PREFIX_TREE_BRANCHES as B
+  reqs = [
+      _request(0, [2, 5, 6, 7, 8], 3),
+      _request(0, [2, 5, 6, 9], 3),
+      _request(1, [2, 4, 11, 12], 2)
+  ]
+  cost = plan.CostModel(1.0, 0.0, 0.0, 0.0)
+  p = plan.make_plan(reqs, cost, "tree", batch_tokens=512)
+  (b,) = p.tree
+  assert b.tokens_bt.shape == (1, 512) and b.head_slots_bk.shape == (1, 16)
+  # Example 0 (the longer tree first): prompt [2 5], blocks [6 7] and [6]; example 1: [2], [4 11].
+  np.testing.assert_array_equal(b.tokens_bt[0, :8], [2, 5, 6, 7, 6, 2, 4, 11])
+  np.testing.assert_array_equal(b.positions_bt[0, :8], [0, 1, 2, 3, 2, 0, 1, 2])
+  np.testing.assert_array_equal(b.segment_ids_bt[0, :9],
+                                [B, B, B + 1, B + 1, B + 2, 2 * B, 2 * B + 1, 2 * B + 1, 0])
+  np.testing.assert_array_equal(b.head_slots_bk[0, :5], [2, 3, 4, 6, 7])
+  np.testing.assert_array_equal(b.targets_bk[0, :5], [7, 8, 9, 11, 12])
+  assert b.head_mask_bk[0].sum() == 5
+  assert b.placement == ((0, 0, 0), (1, 0, 2), (2, 0, 3))
+
+
+def test_tree_row_length_by_cost():
+  # Three trees of 260: rows of 512 hold one each, of 768 two, of 1024 all three.
+  lens = [260, 260, 260]
+  assert trees.choose_row_len(lens, plan.CostModel(1.0, 0.0, 0.0, 0.0)) == 1024
+  # Attention over the row dominating: one tree per 512-token row.
+  assert trees.choose_row_len(lens, plan.CostModel(1.0, 0.0, 1.0, 0.0)) == 512

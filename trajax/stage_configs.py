@@ -237,11 +237,13 @@ def icl() -> ml_collections.ConfigDict:
   # Option score for the prediction: log-prob divided by "tokens" (the paper), "chars",
   # "bytes", or "none" (raw sum).
   config.normalization = "tokens"
-  # How options are scored: "auto" (each example's shared prompt run once into a KV cache and
-  # its options scored against it, or whole rows packed, whichever the cost model finds cheaper),
-  # "reuse" or "pack" (always that), or "rows" (every option its own full row: the reference).
+  # How options are scored: "auto" (per example, whichever the cost model finds cheapest of:
+  # "tree", its prompt once and its options' tokens after it, packed with other examples;
+  # "reuse", its prompt run once into a KV cache and its options scored against it; "pack",
+  # whole rows packed), "tree", "reuse" or "pack" (always that), or "rows" (every option its
+  # own full row: the reference).
   config.method = "auto"
-  # Tokens per call of "auto"/"reuse"/"pack" (prefill tokens, packed-row tokens); 0 = the
+  # Tokens per call of "auto"/"tree"/"reuse"/"pack" (prefill or packed-row tokens); 0 = the
   # backend's default (trajax.analysis.icl.plan.BATCH_TOKENS).
   config.batch_tokens = 0
   # Option rows (prompt + option sequences) per jitted call of method "rows".

@@ -1,4 +1,4 @@
-"""Fast option scoring: each shared prompt run once into a KV cache, options scored against it.
+"""Fast option scoring: each shared prompt computed once, its options scored against it.
 
 `OptionScorer(scorer).score(requests)` runs a `plan.Plan` with the checkpoint a
 `trajax.scoring.Scorer` holds and returns `scoring.OptionScores` equal to
@@ -20,7 +20,10 @@ key in slots is its distance in positions: windowed attention (GPT-Neo's local
 layers) sees the same keys as in the full row. Padded prefix slots and padded option
 slots are invalid keys; their own outputs are dropped.
 
-The pack kernel is the engine's own `Scorer` on packed rows (`trajax.packing`).
+The tree kernel runs packed prefix trees (`trees.TreeBatch`: each example's prompt
+once, its options' blocks after it, seeing the prompt and themselves) through the
+model's `layer_stack`, the LM head on the scored slots only. The pack kernel is the
+engine's own `Scorer` on packed rows (`trajax.packing`).
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from flax import nnx
 
 from trajax import xla_cpu
 from trajax.analysis.icl import plan as plan_lib
+from trajax.analysis.icl import trees
 from trajax.analysis.icl.prompts import OptionRequest
 from trajax.analysis.icl.scoring import OptionScores, option_scores
 from trajax.models import layers
@@ -63,14 +67,31 @@ def _reuse_logprobs_fn(graphdef, state, prefix_ec, prefix_mask_ec, example_r, bl
   return jnp.where(block_mask_rs, lp, jnp.nan)
 
 
+def _tree_logprobs_fn(graphdef, state, tokens_bt, positions_bt, segment_ids_bt, head_slots_bk,
+                      targets_bk, chunk_tokens, head_mask_bk):
+  """log p(targets_bk | its branch and prompt) [rows, K] float32 of prefix-tree rows
+  (`trees.TreeBatch`), NaN off-mask: the decoder over the packed rows, the LM head on the
+  scored slots only."""
+  model = nnx.merge(graphdef, state)
+  positions_bt = jnp.where(segment_ids_bt > 0, positions_bt, model.PAD_POSITION)
+  h_btd = model.layer_stack(tokens_bt, positions_bt, layers.segment_mask(segment_ids_bt),
+                            segment_ids_bt)
+  h_bkd = jnp.take_along_axis(h_btd, head_slots_bk[:, :, None], axis=1)
+  b, k = head_slots_bk.shape
+  lp = fused_head_logprobs(h_bkd.reshape(b * k, -1), model.head_matrix(), targets_bk.reshape(-1),
+                           chunk_tokens).reshape(b, k)
+  return jnp.where(head_mask_bk, lp, jnp.nan)
+
+
 # Compiled with `xla_cpu.options()` on a CPU, as the scoring kernel: 1.00-1.09x faster per call
 # than XLA's default options on the OPT-125m shape (docs/PERFORMANCE.md, ICL option scoring).
 _reuse_logprobs = xla_cpu.jit(_reuse_logprobs_fn, static_argnums=(0, 7))
+_tree_logprobs = xla_cpu.jit(_tree_logprobs_fn, static_argnums=(0, 7))
 
 
 def compilations() -> int:
-  """Reuse-kernel compilations so far in this process (one per call shape)."""
-  return _reuse_logprobs.active()._cache_size()  # pylint: disable=protected-access
+  """Reuse- and tree-kernel compilations so far in this process (one per call shape)."""
+  return sum(f.active()._cache_size() for f in (_reuse_logprobs, _tree_logprobs))  # pylint: disable=protected-access
 
 
 class OptionScorer:
@@ -79,7 +100,7 @@ class OptionScorer:
   Args:
     scorer: the engine's `Scorer` (its weights, mesh and head chunk are used;
       `set_state` on it moves this to the next checkpoint).
-    method: "auto", "reuse" or "pack" (`plan.METHODS`).
+    method: "auto", "reuse", "tree" or "pack" (`plan.METHODS`).
     batch_tokens: tokens per call (0: `plan.BATCH_TOKENS` of the backend).
     weights: cost-model factors (default: `plan.CALIBRATION` of the backend).
   """
@@ -143,6 +164,14 @@ class OptionScorer:
                          self._put(targets), self.scorer.head_chunk_tokens, self._put(block_mask))
     return self._gather(lp)
 
+  def _run_tree(self, b: trees.TreeBatch) -> np.ndarray:
+    """One prefix-tree call: [rows, K] log-probs at the batch's head columns."""
+    lp = _tree_logprobs(self.scorer.graphdef, self.scorer.state, self._put(b.tokens_bt),
+                        self._put(b.positions_bt), self._put(b.segment_ids_bt),
+                        self._put(b.head_slots_bk), self._put(b.targets_bk),
+                        self.scorer.head_chunk_tokens, self._put(b.head_mask_bk))
+    return self._gather(lp)
+
   def score(self, requests: Sequence[OptionRequest], pad_id: int = 1,
             plan: plan_lib.Plan | None = None) -> OptionScores:
     """Log-probs of every option (the same numbers as `scoring.score_options`).
@@ -168,6 +197,12 @@ class OptionScorer:
           start = requests[k].option_start - 1 - g.prefix_len
           spans[k] = lp_rs[row, start:len(requests[k].tokens) - 1 - g.prefix_len]
           row += 1
+    for b in plan.tree:
+      lp_bk = self._run_tree(b)
+      prefix = {k: g.prefix_len for g in b.groups for k in g.requests}
+      for k, r, col in b.placement:
+        start = requests[k].option_start - 1 - prefix[k]
+        spans[k] = lp_bk[r, col + start:col + len(requests[k].tokens) - 1 - prefix[k]]
     for b in plan.pack:
       lp_bt = self.scorer(b.tokens_bt, segment_ids_bt=b.segment_ids_bt)
       for k, r, s, n in b.placement:
@@ -175,20 +210,22 @@ class OptionScorer:
     scores = option_scores(requests, spans)
     slots = plan.slots(requests)
     real = sum(len(r.tokens) for r in requests)
-    computed = slots["prefill"] + slots["option"] + slots["pack"]
+    computed = slots["prefill"] + slots["option"] + slots["tree"] + slots["pack"]
     self.stats = {
         "plan_s": t_plan, "score_s": time.perf_counter() - t0, "options": len(requests),
         "row_tokens": real, "slots": computed, "reuse_calls": len(plan.reuse),
-        "pack_calls": len(plan.pack), "shapes": len(plan.shapes()), **slots
+        "tree_calls": len(plan.tree), "pack_calls": len(plan.pack), "shapes": len(plan.shapes()),
+        **slots
     }
+    padding = ", ".join(f"{name} {100 * (1 - slots[kind + '_real'] / slots[kind]):.0f}%"
+                        for kind, name in (("prefill", "prefill"), ("option", "option rows"),
+                                           ("tree", "tree rows"), ("pack", "packed rows"))
+                        if slots[kind])
     logging.info(
-        "ICL plan: %d options, %d reuse calls + %d pack calls, %d shapes | %d token slots "
-        "computed for %d row tokens (%.2fx fewer) | padding: prefill %.0f%%, option rows "
-        "%.0f%%, pack %.0f%%", len(requests), len(plan.reuse), len(plan.pack), len(plan.shapes()),
-        computed, real, real / max(computed, 1),
-        100 * (1 - slots["prefill_real"] / max(slots["prefill"], 1)),
-        100 * (1 - slots["option_real"] / max(slots["option"], 1)),
-        100 * (1 - slots["pack_real"] / max(slots["pack"], 1)))
+        "ICL plan: %d options, %d reuse + %d tree + %d pack calls, %d shapes | %d token slots "
+        "computed for %d row tokens (%.2fx fewer) | padding: %s", len(requests), len(plan.reuse),
+        len(plan.tree), len(plan.pack), len(plan.shapes()), computed, real, real / max(computed, 1),
+        padding or "none")
     return scores
 
 
@@ -196,17 +233,18 @@ def calibrate(option_scorer: OptionScorer, requests: Sequence[OptionRequest],
               repeats: int = 3) -> plan_lib.Weights:
   """Measures the cost-model factors on `requests` (what `plan.CALIBRATION` records).
 
-  Scores the requests all by reuse and all by pack (after a warm-up run of each),
-  takes the median seconds of `repeats` runs of each, and sets the reuse factor so
-  that seconds per estimated FLOP agree between the two; `fill` is the packed rows'
-  share of real tokens.
+  Scores the requests all by reuse, all as prefix trees and all by pack (after a
+  warm-up run of each), takes the median seconds of `repeats` runs of each, and sets
+  the reuse and tree factors so that seconds per estimated FLOP (padding included)
+  agree with pack's; `fill` and `tree_fill` are the packed and tree rows' share of
+  real tokens.
 
   Returns:
     the measured `plan.Weights` (also set on `option_scorer`).
   """
   cost = dataclasses.replace(option_scorer.cost, weights=plan_lib.Weights())
-  per_flop, fill = {}, 1.0
-  for method in ("reuse", "pack"):
+  per_flop, fill = {}, {}
+  for method in ("reuse", "tree", "pack"):
     p = plan_lib.make_plan(requests, cost, method, option_scorer.batch_tokens,
                            option_scorer.data_parallel)
     option_scorer.score(requests, plan=p)
@@ -215,10 +253,12 @@ def calibrate(option_scorer: OptionScorer, requests: Sequence[OptionRequest],
       t0 = time.perf_counter()
       option_scorer.score(requests, plan=p)
       runs.append(time.perf_counter() - t0)
-    flops = sum(cost.batch_flops(b) for b in p.reuse + p.pack)
+    flops = sum(cost.batch_flops(b) for b in p.reuse + p.tree + p.pack)
     per_flop[method] = float(np.median(runs)) / flops
-    if method == "pack":
-      fill = float(np.mean([(b.segment_ids_bt > 0).mean() for b in p.pack]))
-  weights = plan_lib.Weights(reuse=per_flop["reuse"] / per_flop["pack"], cache=0.0, fill=fill)
+    rows = p.tree + p.pack
+    fill[method] = float(np.mean([(b.segment_ids_bt > 0).mean() for b in rows])) if rows else 1.0
+  weights = plan_lib.Weights(reuse=per_flop["reuse"] / per_flop["pack"], cache=0.0,
+                             fill=fill["pack"], tree=per_flop["tree"] / per_flop["pack"],
+                             tree_fill=fill["tree"])
   option_scorer.cost = dataclasses.replace(option_scorer.cost, weights=weights)
   return weights

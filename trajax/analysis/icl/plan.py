@@ -3,32 +3,43 @@
 Host code only (numpy), decided before anything runs, from the requests alone, so
 the same requests always give the same plan (and the same bits):
 
-  * **prefix groups** (`prefix_groups`): the options of an example whose token rows
+  * **prefix groups** (`groups.prefix_groups`): the options of an example whose token rows
     share their first C tokens (usually the whole 2-shot prompt but its last token).
     The shared C tokens are run once into a KV cache; each option row then feeds
     only `tokens[C:len-1]` against that cache ("reuse").
+  * **prefix trees** ("tree"): a group as one sequence, its shared C tokens once and
+    then each option row's `tokens[C:len-1]` as a branch that sees the prompt and
+    itself (positions continue the prompt, as in the full row;
+    `trajax.analysis.icl.trees`), trees packed best-fit into rows: no
+    length-bucket padding and one kernel for prompt and options, but attention
+    over the whole packed row.
   * **packing**: a group may instead be scored as whole (prompt + option) rows,
     several packed into one sequence with `trajax.packing` ("pack"): cheaper when
     the prompt is short and the options long or uneven.
   * **the cost model** (`CostModel`): estimated FLOPs of each way for the shapes it
     would actually run (bucketed lengths, padding, attention, the LM head only where
     a log-prob is wanted), weighted by factors measured once per backend
-    (`engine.calibrate`, numbers in `CALIBRATION`). Each group takes the cheaper way.
-  * **batches**: groups sorted by length bucket and cut into batches whose shapes
-    depend only on the bucket, so one compiled kernel serves every task of a
-    checkpoint and every checkpoint of an architecture.
+    (`engine.calibrate`, numbers in `CALIBRATION`). Each group takes the cheapest way.
+  * **batches**: reuse groups sorted by length bucket and cut into batches whose
+    shapes depend only on the bucket; all trees in rows of one length (the cheapest
+    packed, `trees.choose_row_len`), a fixed row count per call and a power-of-two
+    count of scored slots. So one compiled kernel serves every task of a checkpoint
+    and every checkpoint of an architecture.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Sequence
 
 import numpy as np
 
+from trajax.analysis.icl import trees as trees_lib
+from trajax.analysis.icl.groups import (  # noqa: F401  (re-exported)
+    Group, length_bucket, pow2, prefix_groups, round_up)
 from trajax.analysis.icl.prompts import OptionRequest
+from trajax.analysis.icl.trees import TreeBatch
 
-METHODS = ("auto", "reuse", "pack")
+METHODS = ("auto", "reuse", "tree", "pack")
 
 # Tokens per call by backend (prefill slots of a reuse batch, row slots of a pack batch):
 # enough for large matmuls, small enough that a call's activations stay in memory.
@@ -44,87 +55,23 @@ PACK_ROW_TOKENS = 512
 class Weights:
   """Measured seconds per estimated FLOP of each kind of call, relative to a packed row.
 
-  `reuse` < 1 means a reuse batch runs its FLOPs faster than a pack batch does;
-  `cache` is the cost of copying one cached slot of every layer, in FLOPs of a
-  packed row; `fill` the share of packed-row slots that hold real tokens.
+  `reuse` < 1 means a reuse batch runs its FLOPs faster than a pack batch does,
+  `tree` the same for prefix-tree rows; `cache` is the cost of copying one cached
+  slot of every layer, in FLOPs of a packed row; `fill` the share of packed-row
+  slots that hold real tokens, `tree_fill` of prefix-tree rows.
   """
   reuse: float = 1.0
   cache: float = 0.0
   fill: float = 0.9
+  tree: float = 1.0
+  tree_fill: float = 0.9
 
 
-# Measured by `bench/icl_bench.py --calibrate` (docs/PERFORMANCE.md): CPU, 2026-12-03, OPT-125m
-# shape, float32, 2 examples of each of the bench's 5 tasks: a reuse call ran 1.41x the seconds
-# per estimated FLOP of a packed row, and packed rows held 62% real tokens. Elsewhere: FLOPs alone.
-CALIBRATION = {"cpu": Weights(reuse=1.41, cache=0.0, fill=0.62)}
-
-
-def length_bucket(n: int, per_octave: int = 4, minimum: int = 8) -> int:
-  """`n` rounded up to a ladder with `per_octave` steps per power of two (>= minimum).
-
-  E.g. per_octave=4: ..., 64, 80, 96, 112, 128, 160, ...: at most 25% padding.
-  """
-  n = max(int(n), 1)
-  if n <= minimum:
-    return minimum
-  step = max(1, 2**(math.floor(math.log2(n)) - int(math.log2(per_octave))))
-  return -(-n // step) * step
-
-
-@dataclasses.dataclass(frozen=True)
-class Group:
-  """Options of one example whose token rows share their first `prefix_len` tokens.
-
-  Attributes:
-    requests: indices into the request list (the group's option rows).
-    prefix_len: C, the shared tokens run once (may be 0); option row k feeds
-      tokens[C:len_k - 1] and scores its option span.
-  """
-  requests: tuple[int, ...]
-  prefix_len: int
-
-
-def _common_prefix(rows: Sequence[np.ndarray]) -> int:
-  n = min(len(r) for r in rows)
-  first = rows[0][:n]
-  for r in rows[1:]:
-    diff = np.flatnonzero(r[:n] != first)
-    n = int(diff[0]) if len(diff) else n
-    first = first[:n]
-  return n
-
-
-def prefix_groups(requests: Sequence[OptionRequest]) -> list[Group]:
-  """Prefix groups of the requests (each example's options contiguous, as built).
-
-  An example's options form one group sharing C = min(common prefix, first
-  option token - 1) tokens. When that is less than half the prompt (the prompt
-  was cut from the left by a different amount for options of different lengths),
-  options are grouped by where their option starts instead: those rows share the
-  same cut.
-  """
-  out = []
-  i = 0
-  while i < len(requests):
-    j = i
-    while j < len(requests) and (requests[j].task,
-                                 requests[j].example_index) == (requests[i].task,
-                                                                requests[i].example_index):
-      j += 1
-    idx = list(range(i, j))
-    c = min(_common_prefix([requests[k].tokens for k in idx]),
-            min(requests[k].option_start for k in idx) - 1)
-    if c >= (min(requests[k].option_start for k in idx) - 1) / 2:
-      out.append(Group(tuple(idx), max(c, 0)))
-    else:
-      by_start: dict[int, list[int]] = {}
-      for k in idx:
-        by_start.setdefault(requests[k].option_start, []).append(k)
-      for start, ks in by_start.items():
-        c = min(_common_prefix([requests[k].tokens for k in ks]), start - 1)
-        out.append(Group(tuple(ks), max(c, 0)))
-    i = j
-  return out
+# Measured by `bench/icl_bench.py --calibrate --repeats=2` (docs/PERFORMANCE.md): CPU, 2026-12-03,
+# OPT-125m shape, float32, the bench's 91 options (6 examples of each of its 5 tasks): per
+# estimated FLOP (padding included) a reuse call ran 1.34x the seconds of a packed row and a
+# prefix-tree call 0.98x; packed rows held 78% real tokens, tree rows 93%. Elsewhere: FLOPs alone.
+CALIBRATION = {"cpu": Weights(reuse=1.34, cache=0.0, fill=0.78, tree=0.98, tree_fill=0.93)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +111,12 @@ class CostModel:
     copy = n_rows * keys * self.cache_slot * self.weights.cache
     return self.weights.reuse * (prefill + rows) + copy
 
+  def tree(self, tree_lens: Sequence[int], head_slots: int) -> float:
+    """Prefix trees of `tree_lens` tokens packed into rows (`trees.row_len_for` each), the LM
+    head on `head_slots` scored slots."""
+    rows = sum(n * (self.body + self.attention * trees_lib.row_len_for(n) / 2) for n in tree_lens)
+    return self.weights.tree * (rows / self.weights.tree_fill + head_slots * self.head)
+
   def batch_flops(self, batch) -> float:
     """Estimated FLOPs of one call as it runs (padding included), unweighted."""
     if isinstance(batch, ReuseBatch):
@@ -171,6 +124,9 @@ class CostModel:
       return (batch.examples * c * (self.body + self.attention * c / 2) + batch.rows * s *
               (self.body + self.head + self.attention * (c + s)))
     rows, n = batch.tokens_bt.shape
+    if isinstance(batch, TreeBatch):
+      return (rows * n * (self.body + self.attention * n / 2) +
+              batch.head_slots_bk.size * self.head)
     return rows * n * (self.body + self.head + self.attention * n / 2)
 
   def pack(self, lengths: Sequence[int]) -> float:
@@ -212,20 +168,26 @@ class PackBatch:
 
 @dataclasses.dataclass
 class Plan:
-  """A checkpoint's work: reuse batches and pack batches."""
+  """A checkpoint's work: reuse batches, prefix-tree batches and pack batches."""
   reuse: list[ReuseBatch]
   pack: list[PackBatch]
+  tree: list[TreeBatch] = dataclasses.field(default_factory=list)
 
   def shapes(self) -> set[tuple]:
     """The distinct call shapes (one compilation each)."""
     return ({("reuse", b.examples, b.prefix_slots, b.rows, b.option_slots) for b in self.reuse} |
+            {("tree",) + b.tokens_bt.shape + b.head_slots_bk.shape[1:] for b in self.tree} |
             {("pack",) + b.tokens_bt.shape for b in self.pack})
 
   def slots(self, requests: Sequence[OptionRequest]) -> dict[str, int]:
     """Token slots each kind of call computes, and how many hold real tokens."""
     out = {
-        "prefill": 0, "prefill_real": 0, "option": 0, "option_real": 0, "pack": 0, "pack_real": 0
+        "prefill": 0, "prefill_real": 0, "option": 0, "option_real": 0, "pack": 0, "pack_real": 0,
+        "tree": 0, "tree_real": 0
     }
+    for b in self.tree:
+      out["tree"] += b.tokens_bt.size
+      out["tree_real"] += int((b.segment_ids_bt > 0).sum())
     for b in self.reuse:
       out["prefill"] += b.examples * b.prefix_slots
       out["option"] += b.rows * b.option_slots
@@ -238,19 +200,11 @@ class Plan:
     return out
 
 
-def _round_up(n: int, multiple: int) -> int:
-  return -(-n // multiple) * multiple
-
-
-def _pow2(n: int) -> int:
-  return 1 << max(n - 1, 0).bit_length()
-
-
 def reuse_shape(c_b: int, s_b: int, batch_tokens: int, dp: int = 1) -> tuple[int, int]:
   """(examples, option rows) of a reuse call with prefix bucket c_b and option bucket s_b."""
-  examples = _round_up(max(1, batch_tokens // max(c_b, 1)), dp)
+  examples = round_up(max(1, batch_tokens // max(c_b, 1)), dp)
   rows = max(MIN_OPTION_ROWS, CACHE_SLOTS_PER_TOKEN * batch_tokens // (c_b + s_b))
-  return examples, _round_up(rows, dp)
+  return examples, round_up(rows, dp)
 
 
 def make_plan(requests: Sequence[OptionRequest], cost: CostModel, method: str = "auto",
@@ -261,7 +215,7 @@ def make_plan(requests: Sequence[OptionRequest], cost: CostModel, method: str = 
   Args:
     requests: from `prompts.build_requests` (each example's options contiguous).
     cost: the model's `CostModel`.
-    method: "auto" (the cheaper per group), "reuse" or "pack" (every group).
+    method: "auto" (the cheapest per group), "reuse", "tree" or "pack" (every group).
     batch_tokens: prefill tokens of a reuse call, row tokens of a pack call.
     data_parallel: every batch dimension is a multiple of this (the mesh's data axis).
     max_length: the model's context (no bucket exceeds it).
@@ -274,16 +228,26 @@ def make_plan(requests: Sequence[OptionRequest], cost: CostModel, method: str = 
   cap = (lambda n: n) if max_length is None else (lambda n: min(n, max_length))
   reuse_groups: dict[tuple[int, int], list[Group]] = {}
   packed: dict[int, list[int]] = {}
+  trees: list[Group] = []
   for g in prefix_groups(requests):
     lengths = [len(requests[k].tokens) for k in g.requests]
     c_b = cap(length_bucket(g.prefix_len, 4, 16))
     s_b = length_bucket(max(n - 1 - g.prefix_len for n in lengths), 1, 4)
     r_b = reuse_shape(c_b, s_b, batch_tokens, data_parallel)[1]
     chunks = [g.requests[k:k + r_b] for k in range(0, len(g.requests), r_b)]
-    reuse_cost = sum(cost.reuse(c_b, s_b, len(c)) for c in chunks)
-    if method == "reuse" or (method == "auto" and reuse_cost <= cost.pack(lengths)):
+    tree_chunks = trees_lib.chunks(requests, g)
+    costs = {
+        "reuse": sum(cost.reuse(c_b, s_b, len(c)) for c in chunks),
+        "tree": cost.tree([trees_lib.tree_len(requests, t) for t in tree_chunks],
+                          sum(lengths) - len(lengths) * (1 + g.prefix_len)),
+        "pack": cost.pack(lengths)
+    }
+    way = method if method != "auto" else min(costs, key=costs.get)
+    if way == "reuse":
       # An example with more options than a call has rows is cut (each part refills).
       reuse_groups.setdefault((c_b, s_b), []).extend(Group(c, g.prefix_len) for c in chunks)
+    elif way == "tree":
+      trees += tree_chunks
     else:
       for k in g.requests:
         row_len = max(length_bucket(len(requests[k].tokens), 2, 64), PACK_ROW_TOKENS)
@@ -302,18 +266,21 @@ def make_plan(requests: Sequence[OptionRequest], cost: CostModel, method: str = 
     for i, batch in enumerate(batches):
       e, r = e_b, r_b
       if i == len(batches) - 1:  # the last one shrinks to powers of two: less padding
-        e = min(e_b, _round_up(_pow2(len(batch)), data_parallel))
-        r = min(r_b, _round_up(_pow2(n_rows), data_parallel))
+        e = min(e_b, round_up(pow2(len(batch)), data_parallel))
+        r = min(r_b, round_up(pow2(n_rows), data_parallel))
       plan.reuse.append(ReuseBatch(tuple(batch), c_b, s_b, e, r))
   for row_len, idx in sorted(packed.items()):
     plan.pack += _pack_batches(requests, idx, row_len, batch_tokens, data_parallel, pad_id)
+  if trees:
+    row_len = trees_lib.choose_row_len([trees_lib.tree_len(requests, t) for t in trees], cost)
+    plan.tree = trees_lib.batches(requests, trees, row_len, batch_tokens, data_parallel, pad_id)
   return plan
 
 
 def _pack_batches(requests, idx, row_len, batch_tokens, dp, pad_id) -> list[PackBatch]:
   """The sequences `idx` packed into rows of `row_len`, cut into calls of a fixed row count."""
   from trajax import packing  # pylint: disable=g-import-not-at-top
-  rows = _round_up(max(1, batch_tokens // row_len), dp)
+  rows = round_up(max(1, batch_tokens // row_len), dp)
   packed = packing.pack([requests[k].tokens for k in idx], row_len, pad_id)
   n_rows = packed.tokens_bt.shape[0]
   out = []

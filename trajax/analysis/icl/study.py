@@ -13,9 +13,9 @@
 Prompts and requests (the tokenisation, the slow host part) are built once per
 task and context length and reused for every checkpoint. Each checkpoint
 scores all its pending tasks in one call of `engine.OptionScorer` (each shared
-prompt run once into a KV cache, its options scored against it, or short rows
-packed, by a cost model; batches of every task together, one compiled shape per
-length bucket), then grades per task. `config.method="rows"` scores every
+prompt computed once, as a prefix tree packed with others or into a KV cache,
+its options scored after it, or short rows packed, by a cost model; batches of
+every task together, few compiled shapes), then grades per task. `config.method="rows"` scores every
 option as its own full row instead (`scoring.score_options`).
 (checkpoint, task) pairs already in results.csv are skipped, so an interrupted
 run resumes; results.csv is rewritten atomically after every checkpoint.
