@@ -180,8 +180,9 @@ def test_cost_model_picks_the_cheapest_way_per_group():
   short = [_request(0, list(range(2, 18)) + list(range(20, 20 + n)), 16) for n in (3, 4, 50)]
   p = plan.make_plan(short, cost, "auto", batch_tokens=256)
   assert not p.reuse and not p.tree and len(p.pack) == 1
-  # A long prompt with short options: reuse computes it once (512 slots: 4 rows x 8 + 320
-  # prefill) where a tree costs 2 x 303 / 0.5 = 1212 and pack 1204.
+  # A long prompt with one-token options: reuse computes it once (320 prefill slots + 4 rows x
+  # 4 = 336) where a tree costs 2 x (299 + 4) / 0.5 = 1212 and pack 4 x 301 = 1204.
+  assert (cost.reuse(320, 4, 4), cost.tree([303], 4), cost.pack([301] * 4)) == (336, 1212, 1204)
   long_prompt = [_request(0, list(range(2, 302)) + [400 + n], 300) for n in range(4)]
   p = plan.make_plan(long_prompt, cost, "auto", batch_tokens=256)
   assert not p.pack and not p.tree and p.reuse[0].groups == (plan.Group((0, 1, 2, 3), 299),)
