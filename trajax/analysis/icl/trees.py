@@ -87,16 +87,16 @@ def chunks(requests: Sequence[OptionRequest], g: Group) -> list[Group]:
   """`g` cut so that each tree has at most ROW_MAX tokens (or one block, when a
   single prompt + block is longer) and fewer branches than a segment id can number."""
   from trajax.models.flash import PREFIX_TREE_BRANCHES  # pylint: disable=g-import-not-at-top
-  chunks: list[list[int]] = [[]]
+  parts: list[list[int]] = [[]]
   n = g.prefix_len
   for k in g.requests:
     m = len(requests[k].tokens) - 1 - g.prefix_len
-    if chunks[-1] and (n + m > ROW_MAX or len(chunks[-1]) + 1 >= PREFIX_TREE_BRANCHES):
-      chunks.append([])
+    if parts[-1] and (n + m > ROW_MAX or len(parts[-1]) + 1 >= PREFIX_TREE_BRANCHES):
+      parts.append([])
       n = g.prefix_len
-    chunks[-1].append(k)
+    parts[-1].append(k)
     n += m
-  return [Group(tuple(c), g.prefix_len) for c in chunks]
+  return [Group(tuple(p), g.prefix_len) for p in parts]
 
 
 def batches(requests, groups, row_len, batch_tokens, dp, pad_id) -> list[TreeBatch]:
